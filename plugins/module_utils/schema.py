@@ -1,0 +1,372 @@
+# Copyright: mlops.mlflow contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared helpers for the modules that work on an MLflow tracking database.
+
+Everything here reads the database with plain SQLAlchemy and alembic. It never opens
+MLflow's ``SqlAlchemyStore``: that store migrates the schema when it is opened, which
+would turn a read-only inspection into a write.
+
+The third-party libraries are optional at import time (``HAS_*`` flags) because
+``ansible-test sanity`` imports module_utils without them; modules must check the
+flags and fail with ``missing_required_lib`` before calling anything here.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import traceback
+from urllib.parse import quote
+
+SQLALCHEMY_IMPORT_ERROR = None
+try:
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+except ImportError:
+    HAS_SQLALCHEMY = False
+    SQLALCHEMY_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_SQLALCHEMY = True
+
+ALEMBIC_IMPORT_ERROR = None
+try:
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+except ImportError:
+    HAS_ALEMBIC = False
+    ALEMBIC_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_ALEMBIC = True
+
+MLFLOW_IMPORT_ERROR = None
+try:
+    import mlflow
+except ImportError:
+    HAS_MLFLOW = False
+    MLFLOW_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_MLFLOW = True
+
+
+# Schema states reported by classify_schema().
+STATE_EMPTY = 'empty'
+STATE_FOREIGN = 'foreign'
+STATE_BEHIND = 'behind'
+STATE_CURRENT = 'current'
+STATE_AHEAD = 'ahead'
+STATE_INCONSISTENT = 'inconsistent'
+
+ALEMBIC_VERSION_TABLE = 'alembic_version'
+
+# Dialects MLflow's SQL store supports (mlflow.store.db.db_types).
+SUPPORTED_BACKENDS = ('sqlite', 'postgresql', 'mysql', 'mssql')
+
+# Tables of MLflow's very first schema (mlflow.store.tracking.dbmodels.initial_models).
+# Used together with the ORM metadata of the installed MLflow to recognise MLflow's tables.
+CORE_MLFLOW_TABLES = frozenset(('experiments', 'runs', 'tags', 'metrics', 'params'))
+
+MASK = '********'
+
+
+class SchemaError(Exception):
+    """An error whose message is safe to show: it never contains the database password."""
+
+
+# --------------------------------------------------------------------------- URLs and secrets
+
+def parse_db_url(db_url):
+    """Parse a SQLAlchemy URL; the error message never repeats the URL."""
+    try:
+        url = make_url(db_url)
+    except (ArgumentError, ValueError) as exc:
+        raise SchemaError('db_url is not a valid SQLAlchemy database URL (expected e.g. '
+                          'sqlite:////abs/path/mlflow.db or postgresql+psycopg2://user@host/db)') from exc
+    if url.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise SchemaError('db_url uses the unsupported backend %r; MLflow supports %s'
+                          % (url.get_backend_name(), ', '.join(SUPPORTED_BACKENDS)))
+    return url
+
+
+def url_secrets(db_url):
+    """The strings that must never appear in output: the password, raw and URL-quoted."""
+    secrets = set()
+    password = None
+    try:
+        password = make_url(db_url).password
+    except (ArgumentError, ValueError):
+        pass
+    if password:
+        password = str(password)
+        secrets.update((password, quote(password, safe=''), quote(password)))
+    return {s for s in secrets if s}
+
+
+def sanitize(text, secrets):
+    """Replace every secret in text by a mask."""
+    text = str(text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def mask_url(db_url):
+    """The URL with its password masked, for messages."""
+    try:
+        return make_url(db_url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return '<unparsable URL>'
+
+
+def sqlite_path(url):
+    """Absolute path of a file-based sqlite URL, or None for another backend.
+
+    Raises SchemaError for in-memory databases, which cannot hold a schema across runs.
+    """
+    if url.get_backend_name() != 'sqlite':
+        return None
+    database = url.database
+    if not database or database == ':memory:' or database.startswith('file:'):
+        raise SchemaError('sqlite db_url must name a database file (sqlite:////absolute/path.db); '
+                          'in-memory and URI-style sqlite databases are not supported')
+    return os.path.abspath(database)
+
+
+# --------------------------------------------------------------------------- engines
+
+def _driver_hint(url, exc):
+    backend = url.get_backend_name()
+    hint = ''
+    if backend == 'postgresql' and url.get_driver_name() in ('psycopg', ''):
+        hint = (' SQLAlchemy 2.1+ maps postgresql:// to psycopg 3; with psycopg2 installed write '
+                'postgresql+psycopg2:// or install psycopg[binary] into this Python.')
+    elif backend == 'mysql':
+        hint = ' Write mysql+pymysql:// and install pymysql into this Python.'
+    return 'The database driver for %s is not installed: %s.%s' % (url.drivername, exc, hint)
+
+
+def create_engine(db_url, connect_timeout=None, read_only=False):
+    """A SQLAlchemy engine without pooling.
+
+    With read_only=True a sqlite file is opened in sqlite's read-only mode (it is never
+    created) and PostgreSQL sessions default to read-only transactions.
+    """
+    url = parse_db_url(db_url)
+    backend = url.get_backend_name()
+    kwargs = {'poolclass': NullPool}
+    connect_args = {}
+    if backend == 'sqlite':
+        path = sqlite_path(url)
+        if connect_timeout:
+            connect_args['timeout'] = connect_timeout
+        if read_only:
+            timeout = connect_timeout or 5
+
+            def _creator():
+                return sqlite3.connect('file:%s?mode=ro' % quote(path), uri=True, timeout=timeout)
+            kwargs['creator'] = _creator
+            connect_args = {}
+    elif backend == 'postgresql':
+        if connect_timeout:
+            connect_args['connect_timeout'] = connect_timeout
+        if read_only:
+            connect_args['options'] = '-c default_transaction_read_only=on'
+    elif backend == 'mysql':
+        if connect_timeout:
+            connect_args['connect_timeout'] = connect_timeout
+    if connect_args:
+        kwargs['connect_args'] = connect_args
+    try:
+        return sqlalchemy.create_engine(url, **kwargs)
+    except ImportError as exc:
+        raise SchemaError(_driver_hint(url, exc)) from exc
+    except (ArgumentError, SQLAlchemyError) as exc:
+        raise SchemaError('Cannot create a database engine for %s: %s'
+                          % (mask_url(db_url), sanitize(exc, url_secrets(db_url)))) from exc
+
+
+def db_error_message(action, exc, db_url):
+    """A readable, password-free message for a database error."""
+    orig = getattr(exc, 'orig', None)
+    detail = str(orig) if orig is not None else str(exc)
+    detail = ' '.join(detail.split())
+    return sanitize('%s failed on %s: %s: %s' % (action, mask_url(db_url), type(orig or exc).__name__, detail),
+                    url_secrets(db_url))
+
+
+# --------------------------------------------------------------------------- migrations
+
+def migrations_dir():
+    """The alembic script directory shipped inside the installed mlflow package."""
+    path = os.path.join(os.path.dirname(os.path.abspath(mlflow.__file__)), 'store', 'db_migrations')
+    if not os.path.isfile(os.path.join(path, 'env.py')):
+        raise SchemaError('MLflow %s has no alembic migration scripts at %s' % (mlflow.__version__, path))
+    return path
+
+
+def load_script_directory():
+    """alembic's view of MLflow's migration scripts (the revision graph)."""
+    try:
+        return ScriptDirectory(migrations_dir())
+    except CommandError as exc:
+        raise SchemaError('Cannot read MLflow migration scripts: %s' % exc) from exc
+
+
+def head_revision(script=None):
+    """The single head revision of the installed MLflow's migrations."""
+    script = script or load_script_directory()
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise SchemaError('MLflow %s migration scripts have %d heads (%s); expected exactly one'
+                          % (mlflow.__version__, len(heads), ', '.join(heads)))
+    return heads[0]
+
+
+def known_revisions(script):
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def pending_revisions(script, current, head):
+    """Number of migrations from current (None = base) up to head."""
+    if current == head:
+        return 0
+    lower = current or 'base'
+    try:
+        revs = [rev.revision for rev in script.iterate_revisions(head, lower)]
+    except CommandError as exc:
+        raise SchemaError('Revision %s is not an ancestor of head %s: %s' % (current, head, exc)) from exc
+    return len([r for r in revs if r != current])
+
+
+def mlflow_table_names():
+    """Names of the tables MLflow's ORM defines (plus the original core tables)."""
+    names = set(CORE_MLFLOW_TABLES)
+    try:
+        # Importing the store's db utils registers every ORM model in Base.metadata.
+        import mlflow.store.db.utils  # noqa: F401 pylint: disable=unused-import
+        from mlflow.store.db.base_sql_model import Base
+    except ImportError:
+        return frozenset(names)
+    names.update(Base.metadata.tables)
+    return frozenset(names)
+
+
+# --------------------------------------------------------------------------- classification
+
+def _empty_result(state, head, pending, tables=()):
+    return {
+        'state': state,
+        'revision': None,
+        'head_revision': head,
+        'pending': pending,
+        'tables': sorted(tables),
+        'mlflow_tables': [],
+    }
+
+
+def classify_schema(db_url, connect_timeout=None, script=None):
+    """Inspect the database read-only and classify its MLflow schema.
+
+    Returns a dict: state (one of the STATE_* values), revision (alembic_version or None),
+    head_revision, pending (migrations between revision and head, None when unknown),
+    tables (all table names), mlflow_tables (the ones MLflow defines), detail (text for the
+    ahead/inconsistent states).
+    """
+    script = script or load_script_directory()
+    head = head_revision(script)
+    total = pending_revisions(script, None, head)
+    url = parse_db_url(db_url)
+    path = sqlite_path(url)
+    if path is not None and (not os.path.exists(path) or os.path.getsize(path) == 0):
+        return _empty_result(STATE_EMPTY, head, total)
+
+    engine = create_engine(db_url, connect_timeout=connect_timeout, read_only=True)
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            revisions = ()
+            if ALEMBIC_VERSION_TABLE in tables:
+                revisions = MigrationContext.configure(conn).get_current_heads()
+            conn.rollback()
+    except SQLAlchemyError as exc:
+        raise SchemaError(db_error_message('Inspecting the database', exc, db_url)) from exc
+    finally:
+        engine.dispose()
+
+    if not tables:
+        return _empty_result(STATE_EMPTY, head, total)
+    mlflow_tables = sorted(tables & mlflow_table_names())
+    result = _empty_result(STATE_FOREIGN, head, total, tables)
+    result['mlflow_tables'] = mlflow_tables
+    if not revisions:
+        if mlflow_tables:
+            result.update(state=STATE_INCONSISTENT, pending=None,
+                          detail='MLflow tables exist (%s) but %s holds no revision'
+                          % (', '.join(mlflow_tables[:10]), ALEMBIC_VERSION_TABLE))
+        return result
+    if len(revisions) > 1:
+        result.update(state=STATE_INCONSISTENT, pending=None, revision=','.join(revisions),
+                      detail='%s holds several revisions (%s)' % (ALEMBIC_VERSION_TABLE, ', '.join(revisions)))
+        return result
+    revision = revisions[0]
+    result['revision'] = revision
+    if revision == head:
+        result.update(state=STATE_CURRENT, pending=0)
+    elif revision in known_revisions(script):
+        try:
+            result.update(state=STATE_BEHIND, pending=pending_revisions(script, revision, head))
+        except SchemaError as exc:
+            result.update(state=STATE_INCONSISTENT, pending=None, detail=str(exc))
+    else:
+        result.update(state=STATE_AHEAD, pending=None,
+                      detail='revision %s is unknown to the migration scripts of MLflow %s (head %s): '
+                             'a newer MLflow wrote it or it was downgraded'
+                             % (revision, mlflow.__version__, head))
+    return result
+
+
+# --------------------------------------------------------------------------- changes
+
+def _mlflow_db_helpers():
+    """MLflow's private schema helpers, imported late with a clear error if they moved."""
+    try:
+        from mlflow.store.db.utils import _initialize_tables, _upgrade_db
+    except ImportError as exc:
+        raise SchemaError('MLflow %s no longer provides mlflow.store.db.utils._initialize_tables/_upgrade_db '
+                          '(private API this module relies on): %s. Use a supported MLflow version or '
+                          'run "mlflow db upgrade" by hand.' % (mlflow.__version__, exc)) from exc
+    return _initialize_tables, _upgrade_db
+
+
+def create_schema(db_url, connect_timeout=None):
+    """Create MLflow's schema (initial tables + all migrations) the way MLflow itself does."""
+    initialize_tables = _mlflow_db_helpers()[0]
+    _run_write(initialize_tables, 'Creating the MLflow schema', db_url, connect_timeout)
+
+
+def upgrade_schema(db_url, connect_timeout=None):
+    """Run MLflow's alembic migrations up to head."""
+    upgrade_db = _mlflow_db_helpers()[1]
+    _run_write(upgrade_db, 'Upgrading the MLflow schema', db_url, connect_timeout)
+
+
+def _run_write(func, action, db_url, connect_timeout):
+    from mlflow.exceptions import MlflowException
+
+    url = parse_db_url(db_url)
+    path = sqlite_path(url)
+    if path is not None and not os.path.isdir(os.path.dirname(path)):
+        raise SchemaError('The directory of the sqlite database %s does not exist' % os.path.dirname(path))
+    engine = create_engine(db_url, connect_timeout=connect_timeout)
+    try:
+        func(engine)
+    except (SQLAlchemyError, CommandError, MlflowException) as exc:
+        raise SchemaError(db_error_message(action, exc, db_url)) from exc
+    finally:
+        engine.dispose()
+
+
+def mlflow_version():
+    return str(getattr(mlflow, '__version__', 'unknown'))
