@@ -27,20 +27,24 @@ description:
     tables without a recorded revision (C(inconsistent)) are never touched; O(state=current) fails on them.
   - The MLflow basic-auth database has its own schema (C(alembic_version_auth)) and is not managed by this module.
 author:
-  - mlops.mlflow contributors
+  - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
   - mlops.mlflow.database
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Check mode only reads the database (sqlite in read-only mode, PostgreSQL in read-only transactions);
-        a missing sqlite file is not created. It predicts RV(changed), RV(state) and RV(revision).
+        a missing sqlite file is not created. It predicts C(changed), RV(state) and RV(revision).
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the alembic revision before and after.
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: posix
 options:
   state:
@@ -193,8 +197,8 @@ def check_requirements(module):
                                  (HAS_ALEMBIC, 'alembic', ALEMBIC_IMPORT_ERROR),
                                  (HAS_MLFLOW, 'mlflow', MLFLOW_IMPORT_ERROR)):
         if not has_lib:
-            module.fail_json(msg=missing_required_lib(name) + ' Set ansible_python_interpreter to the Python of the '
-                             'MLflow installation (this one is %s).' % sys.executable, exception=error)
+            module.fail_json(msg=missing_required_lib(name) + '. Run this module with the Python of the MLflow installation '
+                             '(set ansible_python_interpreter for the task); this one is %s.' % sys.executable, exception=error)
 
 
 def plan(before, allow_foreign_tables):

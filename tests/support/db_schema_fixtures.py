@@ -31,10 +31,13 @@ _TREE = {}
 def ensure_collection_tree():
     """Build <tmp>/ansible_collections/mlops/mlflow -> repository root once; put <tmp> on sys.path."""
     if 'path' not in _TREE:
+        import atexit
+        import shutil
         import sys
         import tempfile
         root = os.path.dirname(os.path.dirname(SUPPORT_DIR))
         tree = tempfile.mkdtemp(prefix='mlops-mlflow-collections-')
+        atexit.register(shutil.rmtree, tree, True)
         os.makedirs(os.path.join(tree, 'ansible_collections', 'mlops'))
         os.symlink(root, os.path.join(tree, 'ansible_collections', 'mlops', 'mlflow'))
         sys.path.insert(0, tree)
