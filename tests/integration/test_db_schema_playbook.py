@@ -14,13 +14,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from support.db_schema_fixtures import (  # noqa: E402 pylint: disable=wrong-import-position
+from support.db_schema_fixtures import (  # noqa: E402 pylint: disable=wrong-import-position,unused-import
     PG_PASSWORD,
     all_revisions,
     ensure_collection_tree,
     make_behind,
     make_foreign,
-    new_db,  # noqa: F401 pylint: disable=unused-import
+    new_db,  # noqa: F401  (fixture)
     revision_of,
     snapshot,
 )
