@@ -20,7 +20,6 @@ from support.db_schema_fixtures import (  # noqa: E402 pylint: disable=wrong-imp
     ensure_collection_tree,
     make_behind,
     make_foreign,
-    new_db,  # noqa: F401  (fixture)
     revision_of,
     snapshot,
 )
