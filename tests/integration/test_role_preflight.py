@@ -1,0 +1,94 @@
+# Copyright: mlops.mlflow contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""mlflow_server rejects bad input before any change, with a message naming the variable.
+
+Each case runs the role's argument-spec validation and preflight with ansible-playbook
+(--check, --tags mlflow_server_preflight, against localhost), so even a preflight that
+wrongly passed could not change this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support.db_schema_fixtures import ensure_collection_tree
+
+PLAYBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'playbooks', 'role_preflight.yml')
+SECRET = 'hunter2-canary'
+
+
+def run_preflight(tmp_path, extra_vars):
+    tree = ensure_collection_tree()
+    vars_file = tmp_path / 'vars.json'
+    vars_file.write_text(json.dumps(extra_vars))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=tree, ANSIBLE_INJECT_FACT_VARS='false', ANSIBLE_NOCOLOR='1',
+               ANSIBLE_LOCALHOST_WARNING='false')
+    cmd = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,', '-c', 'local',
+           '-e', 'ansible_python_interpreter=%s' % sys.executable, '-e', '@%s' % vars_file,
+           '--check', '--tags', 'mlflow_server_preflight', PLAYBOOK]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+BAD_INPUTS = [
+    ('unknown set-up', {'mlflow_server_setup': 'proxy'}, 'mlflow_server_setup'),
+    ('port too high', {'mlflow_server_port': 70000}, 'mlflow_server_port'),
+    ('port zero', {'mlflow_server_port': 0}, 'mlflow_server_port'),
+    ('port not a number', {'mlflow_server_port': 'http'}, 'mlflow_server_port'),
+    ('no workers', {'mlflow_server_workers': 0}, 'mlflow_server_workers'),
+    ('version not a release', {'mlflow_server_version': 'latest'}, 'mlflow_server_version'),
+    ('backend dialect unknown', {'mlflow_server_backend_store_uri': 'postgres://mlflow:%s@db/mlflow' % SECRET},
+     'mlflow_server_backend_store_uri'),
+    ('backend relative sqlite', {'mlflow_server_backend_store_uri': 'sqlite:///mlflow.db'}, 'mlflow_server_backend_store_uri'),
+    ('backend without database', {'mlflow_server_backend_store_uri': 'postgresql+psycopg2://mlflow:%s@db:5432' % SECRET},
+     'mlflow_server_backend_store_uri'),
+    ('backend plain path', {'mlflow_server_backend_store_uri': '/var/lib/mlflow/mlruns'}, 'mlflow_server_backend_store_uri'),
+    ('registry not a database', {'mlflow_server_registry_store_uri': 'ftp://x/y'}, 'mlflow_server_registry_store_uri'),
+    ('artifacts relative', {'mlflow_server_artifacts_destination': 'artifacts'}, 'mlflow_server_artifacts_destination'),
+    ('artifacts unknown scheme', {'mlflow_server_artifacts_destination': 'ftp://host/dir'}, 'mlflow_server_artifacts_destination'),
+    ('direct without root', {'mlflow_server_setup': 'tracking_direct'}, 'mlflow_server_default_artifact_root'),
+    ('direct with proxy root', {'mlflow_server_setup': 'tracking_direct', 'mlflow_server_default_artifact_root': 'mlflow-artifacts:/'},
+     'mlflow_server_default_artifact_root'),
+    ('prefix without slash', {'mlflow_server_static_prefix': 'mlflow'}, 'mlflow_server_static_prefix'),
+    ('prefix trailing slash', {'mlflow_server_static_prefix': '/mlflow/'}, 'mlflow_server_static_prefix'),
+    ('relative data dir', {'mlflow_server_data_dir': 'var/lib/mlflow'}, 'mlflow_server_data_dir'),
+    ('host with blank', {'mlflow_server_host': '0.0.0.0 --dev'}, 'mlflow_server_host'),
+    ('allowed host with comma', {'mlflow_server_allowed_hosts': ['a.example.com,b.example.com']}, 'mlflow_server_allowed_hosts'),
+    ('env name invalid', {'mlflow_server_env': {'1BAD': 'x'}}, 'mlflow_server_env'),
+    ('secret with line break', {'mlflow_server_secret_env': {'TOKEN': SECRET + '\nEVIL=1'}}, 'mlflow_server_secret_env'),
+    ('service state unknown', {'mlflow_server_service_state': 'restarted'}, 'mlflow_server_service_state'),
+    ('extras not a list of str', {'mlflow_server_extras': {'auth': True}}, 'mlflow_server_extras'),
+    ('health timeout too short', {'mlflow_server_health_timeout': 1}, 'mlflow_server_health_timeout'),
+]
+
+
+@pytest.mark.parametrize('extra_vars, variable', [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_rejected_naming_the_variable(tmp_path, extra_vars, variable):
+    rc, out = run_preflight(tmp_path, extra_vars)
+    assert rc != 0, out
+    assert variable in out, out
+    assert 'changed=0' in out, out
+    assert SECRET not in out, 'a secret was echoed: ' + out
+
+
+def test_defaults_pass_preflight(tmp_path):
+    rc, out = run_preflight(tmp_path, {})
+    assert rc == 0, out
+    assert 'failed=0' in out
+
+
+@pytest.mark.parametrize('extra_vars', [
+    {'mlflow_server_setup': 'tracking_direct', 'mlflow_server_default_artifact_root': 's3://bucket/mlflow'},
+    {'mlflow_server_setup': 'artifacts_only', 'mlflow_server_backend_store_uri': 'ignored-for-artifacts-only'},
+    {'mlflow_server_backend_store_uri': 'postgresql+psycopg2://mlflow:p%40ss@db.example.com:5432/mlflow',
+     'mlflow_server_static_prefix': '/mlflow', 'mlflow_server_allowed_hosts': ['mlflow.example.com:443']},
+    {'mlflow_server_backend_store_uri': 'mysql+pymysql://mlflow@db/mlflow', 'mlflow_server_port': 65535},
+], ids=['direct-s3', 'artifacts-only', 'postgresql-prefix', 'mysql'])
+def test_valid_set_ups_pass_preflight(tmp_path, extra_vars):
+    rc, out = run_preflight(tmp_path, extra_vars)
+    assert rc == 0, out
