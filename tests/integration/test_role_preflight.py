@@ -63,6 +63,14 @@ BAD_INPUTS = [
     ('secret with line break', {'mlflow_server_secret_env': {'TOKEN': SECRET + '\nEVIL=1'}}, 'mlflow_server_secret_env'),
     ('service state unknown', {'mlflow_server_service_state': 'restarted'}, 'mlflow_server_service_state'),
     ('extras not a list of str', {'mlflow_server_extras': {'auth': True}}, 'mlflow_server_extras'),
+    ('db host missing', {'mlflow_server_db_type': 'postgresql', 'mlflow_server_db_host': ''}, 'mlflow_server_db_host'),
+    ('db port too high', {'mlflow_server_db_type': 'mysql', 'mlflow_server_db_port': 99999}, 'mlflow_server_db_port'),
+    ('db sslmode on mysql', {'mlflow_server_db_type': 'mysql', 'mlflow_server_db_sslmode': 'require'}, 'mlflow_server_db_sslmode'),
+    ('db sslmode unknown', {'mlflow_server_db_type': 'postgresql', 'mlflow_server_db_sslmode': 'sometimes'}, 'mlflow_server_db_sslmode'),
+    ('db type unknown', {'mlflow_server_db_type': 'oracle'}, 'mlflow_server_db_type'),
+    ('s3 endpoint not a URL', {'mlflow_server_s3_endpoint_url': 'minio:9000'}, 'mlflow_server_s3_endpoint_url'),
+    ('s3 secret without key id', {'mlflow_server_s3_secret_access_key': SECRET}, 'mlflow_server_s3_access_key_id'),
+    ('s3 addressing unknown', {'mlflow_server_s3_addressing_style': 'flat'}, 'mlflow_server_s3_addressing_style'),
     ('health timeout too short', {'mlflow_server_health_timeout': 1}, 'mlflow_server_health_timeout'),
 ]
 
@@ -88,7 +96,13 @@ def test_defaults_pass_preflight(tmp_path):
     {'mlflow_server_backend_store_uri': 'postgresql+psycopg2://mlflow:p%40ss@db.example.com:5432/mlflow',
      'mlflow_server_static_prefix': '/mlflow', 'mlflow_server_allowed_hosts': ['mlflow.example.com:443']},
     {'mlflow_server_backend_store_uri': 'mysql+pymysql://mlflow@db/mlflow', 'mlflow_server_port': 65535},
-], ids=['direct-s3', 'artifacts-only', 'postgresql-prefix', 'mysql'])
+    {'mlflow_server_db_type': 'postgresql', 'mlflow_server_db_host': 'db.example.com', 'mlflow_server_db_password': 'p@ss/w:rd%#',
+     'mlflow_server_db_sslmode': 'verify-full', 'mlflow_server_db_sslrootcert': '/etc/ssl/certs/db-ca.pem'},
+    {'mlflow_server_db_type': 'mysql', 'mlflow_server_db_host': '10.0.0.5', 'mlflow_server_db_port': 3307,
+     'mlflow_server_artifacts_destination': 's3://bucket/mlflow', 'mlflow_server_s3_endpoint_url': 'https://s3.internal:9000',
+     'mlflow_server_s3_access_key_id': 'AKIA', 'mlflow_server_s3_secret_access_key': 'x', 'mlflow_server_s3_addressing_style': 'path'},
+    {'mlflow_server_setup': 'tracking_direct', 'mlflow_server_default_artifact_root': 'mlflow-artifacts://artifacts.example.com:5000/'},
+], ids=['direct-s3', 'artifacts-only', 'postgresql-prefix', 'mysql', 'postgresql-parts-tls', 'mysql-parts-s3', 'direct-to-artifacts-server'])
 def test_valid_set_ups_pass_preflight(tmp_path, extra_vars):
     rc, out = run_preflight(tmp_path, extra_vars)
     assert rc == 0, out
