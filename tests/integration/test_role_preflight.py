@@ -71,6 +71,12 @@ BAD_INPUTS = [
     ('s3 endpoint not a URL', {'mlflow_server_s3_endpoint_url': 'minio:9000'}, 'mlflow_server_s3_endpoint_url'),
     ('s3 secret without key id', {'mlflow_server_s3_secret_access_key': SECRET}, 'mlflow_server_s3_access_key_id'),
     ('s3 addressing unknown', {'mlflow_server_s3_addressing_style': 'flat'}, 'mlflow_server_s3_addressing_style'),
+    ('gateway without passphrase', {'mlflow_server_ai_gateway': True}, 'mlflow_server_kek_passphrase'),
+    ('gateway short passphrase', {'mlflow_server_ai_gateway': True, 'mlflow_server_kek_passphrase': SECRET}, 'mlflow_server_kek_passphrase'),
+    ('previous passphrase at version 1', {'mlflow_server_ai_gateway': True, 'mlflow_server_kek_passphrase': SECRET * 4,
+                                          'mlflow_server_kek_previous_passphrase': SECRET + 'x' * 30}, 'mlflow_server_kek_version'),
+    ('kek version zero', {'mlflow_server_kek_version': 0}, 'mlflow_server_kek_version'),
+    ('gateway scheme invalid', {'mlflow_server_gateway_allowed_schemes': ['HTTP://']}, 'mlflow_server_gateway_allowed_schemes'),
     ('health timeout too short', {'mlflow_server_health_timeout': 1}, 'mlflow_server_health_timeout'),
 ]
 
@@ -102,7 +108,11 @@ def test_defaults_pass_preflight(tmp_path):
      'mlflow_server_artifacts_destination': 's3://bucket/mlflow', 'mlflow_server_s3_endpoint_url': 'https://s3.internal:9000',
      'mlflow_server_s3_access_key_id': 'AKIA', 'mlflow_server_s3_secret_access_key': 'x', 'mlflow_server_s3_addressing_style': 'path'},
     {'mlflow_server_setup': 'tracking_direct', 'mlflow_server_default_artifact_root': 'mlflow-artifacts://artifacts.example.com:5000/'},
-], ids=['direct-s3', 'artifacts-only', 'postgresql-prefix', 'mysql', 'postgresql-parts-tls', 'mysql-parts-s3', 'direct-to-artifacts-server'])
+    {'mlflow_server_ai_gateway': True, 'mlflow_server_kek_passphrase': 'k' * 40, 'mlflow_server_kek_version': 2,
+     'mlflow_server_kek_previous_passphrase': 'o' * 40, 'mlflow_server_gateway_allowed_schemes': ['http', 'https'],
+     'mlflow_server_gateway_allow_private_ips': True},
+], ids=['direct-s3', 'artifacts-only', 'postgresql-prefix', 'mysql', 'postgresql-parts-tls', 'mysql-parts-s3', 'direct-to-artifacts-server',
+        'gateway-rotation'])
 def test_valid_set_ups_pass_preflight(tmp_path, extra_vars):
     rc, out = run_preflight(tmp_path, extra_vars)
     assert rc == 0, out
