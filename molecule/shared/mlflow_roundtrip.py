@@ -4,7 +4,9 @@
 
 The controller reaches the server either directly (--tracking-uri) or through an
 SSH port forward this script opens and closes itself (--ssh-host ...), so the
-server may stay bound to 127.0.0.1 on the test host.
+server may stay bound to 127.0.0.1 on the test host. --resolve NAME=ADDRESS maps host
+names this machine cannot resolve (test hosts named in artifact URIs) inside this
+process only, like curl's --resolve; requests still carry the name in their Host header.
 
 Prints one JSON line (the last line of stdout) with what was written and read back; exits non-zero
 when anything read back differs from what was written.
@@ -53,6 +55,16 @@ def open_forward(args):
     raise SystemExit('ssh port forward did not come up within 30 s')
 
 
+def pin_names(mapping):
+    """Resolve the names in mapping to fixed addresses in this process only."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return original(mapping.get(host, host), *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+
+
 def roundtrip(tracking_uri):
     """Create an experiment, log params/metrics/an artifact, read everything back."""
     # Imported here so --help works without MLflow installed.
@@ -89,6 +101,8 @@ def roundtrip(tracking_uri):
         'experiment_name': name,
         'run_id': run_id,
         'artifact_uri': fetched.info.artifact_uri,
+        'artifact_path': 'docs/notes.txt',
+        'payload': payload,
         'params_ok': dict(fetched.data.params) == params,
         'metrics_ok': sorted((m.step, m.value) for m in history) == metrics,
         'artifact_ok': read_back == payload,
@@ -110,7 +124,17 @@ def main():
     parser.add_argument('--remote-host', default='127.0.0.1', help='server address as seen from the SSH host')
     parser.add_argument('--remote-port', type=int, default=5000)
     parser.add_argument('--prefix', default='', help='static prefix of the server, e.g. /mlflow')
+    parser.add_argument('--resolve', action='append', default=[], metavar='NAME=ADDRESS',
+                        help='resolve NAME to ADDRESS in this process (repeatable)')
     args = parser.parse_args()
+    mapping = {}
+    for item in args.resolve:
+        name, sep, address = item.partition('=')
+        if not sep or not name or not address:
+            parser.error('--resolve wants NAME=ADDRESS, got %r' % item)
+        mapping[name] = address
+    if mapping:
+        pin_names(mapping)
     if not args.tracking_uri and not args.ssh_host:
         parser.error('give --tracking-uri or --ssh-host')
 
