@@ -143,7 +143,9 @@ def _driver_hint(url, exc):
         hint = (' SQLAlchemy 2.1+ maps postgresql:// to psycopg 3; with psycopg2 installed write '
                 'postgresql+psycopg2:// or install psycopg[binary] into this Python.')
     elif backend == 'mysql':
-        hint = ' Write mysql+pymysql:// and install pymysql into this Python.'
+        hint = (' mysql:// means the mysqlclient (MySQLdb) driver; write mysql+pymysql:// and install pymysql '
+                'into this Python.' if url.get_driver_name() in ('mysqldb', '') else
+                ' Install the driver into this Python (for mysql+pymysql:// that is pymysql).')
     return 'The database driver for %s is not installed: %s.%s' % (url.drivername, exc, hint)
 
 
@@ -151,7 +153,7 @@ def create_engine(db_url, connect_timeout=None, read_only=False):
     """A SQLAlchemy engine without pooling.
 
     With read_only=True a sqlite file is opened in sqlite's read-only mode (it is never
-    created) and PostgreSQL sessions default to read-only transactions.
+    created) and PostgreSQL and MySQL/MariaDB sessions default to read-only transactions.
     """
     url = parse_db_url(db_url)
     backend = url.get_backend_name()
@@ -179,12 +181,25 @@ def create_engine(db_url, connect_timeout=None, read_only=False):
     if connect_args:
         kwargs['connect_args'] = connect_args
     try:
-        return sqlalchemy.create_engine(url, **kwargs)
+        engine = sqlalchemy.create_engine(url, **kwargs)
     except ImportError as exc:
         raise SchemaError(_driver_hint(url, exc)) from exc
     except (ArgumentError, SQLAlchemyError) as exc:
         raise SchemaError('Cannot create a database engine for %s: %s'
                           % (mask_url(db_url), sanitize(exc, url_secrets(db_url)))) from exc
+    if backend == 'mysql' and read_only:
+        # Driver-independent (pymysql, mysqlclient, ...); MySQL and MariaDB then refuse
+        # every write, DDL included, with error 1792.
+        sqlalchemy.event.listen(engine, 'connect', _mysql_read_only)
+    return engine
+
+
+def _mysql_read_only(dbapi_connection, connection_record):  # pylint: disable=unused-argument
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute('SET SESSION TRANSACTION READ ONLY')
+    finally:
+        cursor.close()
 
 
 def db_error_message(action, exc, db_url):

@@ -26,6 +26,10 @@ description:
   - A revision unknown to the installed MLflow (C(ahead), written by a newer MLflow) and a database holding MLflow
     tables without a recorded revision (C(inconsistent)) are never touched; O(state=current) fails on them.
   - The MLflow basic-auth database has its own schema (C(alembic_version_auth)) and is not managed by this module.
+notes:
+  - MySQL/MariaDB - use C(mysql+pymysql://) with C(pymysql) installed. MLflow 3.12+ migrations create triggers, so the
+    user needs the C(TRIGGER) privilege on the database (C(ALL) on it includes it) and, when the server has binary
+    logging on, the server needs C(log_bin_trust_function_creators=ON) (else error 1419 unless the user has C(SUPER)).
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
@@ -35,7 +39,8 @@ attributes:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
-      - Check mode only reads the database (sqlite in read-only mode, PostgreSQL in read-only transactions);
+      - Check mode only reads the database (sqlite in read-only mode, PostgreSQL and MySQL/MariaDB in read-only
+        transactions);
         a missing sqlite file is not created. It predicts C(changed), RV(state) and RV(revision).
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.

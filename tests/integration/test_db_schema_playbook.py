@@ -1,6 +1,6 @@
 """Run tests/integration/playbooks/db_schema.yml with ansible-playbook against localhost.
 
-The module runs under this interpreter (which has mlflow), on sqlite and on PostgreSQL, with
+The module runs under this interpreter (which has mlflow), on sqlite, PostgreSQL and MariaDB, with
 --diff and -vvv; the database password must appear nowhere in ansible-playbook's output.
 """
 
@@ -48,7 +48,8 @@ def assert_no_secret(output):
 
 
 @pytest.mark.parametrize('backend, kind', [('sqlite', 'empty'), ('sqlite', 'behind'),
-                                           ('postgresql', 'foreign'), ('postgresql', 'behind')])
+                                           ('postgresql', 'foreign'), ('postgresql', 'behind'),
+                                           ('mysql', 'empty'), ('mysql', 'behind')])
 def test_playbook(new_db, tmp_path, backend, kind):
     db_url = new_db(backend)
     sqlite_path = db_url[len('sqlite:///'):] if backend == 'sqlite' else ''
@@ -74,10 +75,11 @@ def test_playbook(new_db, tmp_path, backend, kind):
     assert revision_of(db_url) == [HEAD]
 
 
-def test_playbook_failure_hides_password(new_db):
-    db_url = new_db('postgresql').replace('p%40ss', 'p%40sX')
+@pytest.mark.parametrize('backend, words', [('postgresql', 'password authentication failed'), ('mysql', 'Access denied')])
+def test_playbook_failure_hides_password(new_db, backend, words):
+    db_url = new_db(backend).replace('p%40ss', 'p%40sX')
     rc, out = ansible_playbook(db_url, {'expect_state_before': 'empty', 'expect_pending': 0}, '-vvv')
     assert rc != 0
-    assert 'password authentication failed' in out
+    assert words in out
     assert_no_secret(out)
     assert 'p@sX' not in out and 'p%40sX' not in out

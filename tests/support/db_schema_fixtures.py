@@ -1,8 +1,14 @@
-"""Fixtures and helpers for the db_schema tests: real sqlite files and real PostgreSQL databases.
+"""Fixtures and helpers for the db_schema tests: real sqlite files, real PostgreSQL and MariaDB databases.
 
 PostgreSQL: MLFLOW_TEST_PG_URL (an admin URL of a role with CREATEDB), else the server of
 tests/support/pgserver.sh. When neither answers the PostgreSQL tests FAIL, unless
 MLFLOW_TEST_SKIP_PG=1, in which case they are skipped.
+
+MySQL (MariaDB): MLFLOW_TEST_MYSQL_URL (a mysql+pymysql:// URL without a database, of a user who may
+create and drop databases named mlflow_t_*), else the server of tests/support/mariadbserver.sh.
+When neither answers the MySQL tests FAIL, unless MLFLOW_TEST_SKIP_MYSQL=1.
+
+Every test gets fresh databases (mlflow_t_<random>) that are dropped after it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -20,11 +27,20 @@ from sqlalchemy.pool import NullPool
 
 SUPPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 PGSERVER = os.path.join(SUPPORT_DIR, 'pgserver.sh')
-PG_PASSWORD = 'p@ss:w/rd%'
+MYSQLSERVER = os.path.join(SUPPORT_DIR, 'mariadbserver.sh')
+# Both test servers use the same password, with URL-special characters.
+PG_PASSWORD = MYSQL_PASSWORD = 'p@ss:w/rd%'
 UNKNOWN_REVISION = 'ffffeeee0000'
-BACKENDS = ['sqlite', 'postgresql']
+SERVER_BACKENDS = ['postgresql', 'mysql']
+BACKENDS = ['sqlite'] + SERVER_BACKENDS
 
-_PG_STATE = {}
+_SERVERS = {
+    'postgresql': {'name': 'PostgreSQL', 'url_env': 'MLFLOW_TEST_PG_URL', 'skip_env': 'MLFLOW_TEST_SKIP_PG',
+                   'script': PGSERVER},
+    'mysql': {'name': 'MySQL (MariaDB)', 'url_env': 'MLFLOW_TEST_MYSQL_URL', 'skip_env': 'MLFLOW_TEST_SKIP_MYSQL',
+              'script': MYSQLSERVER},
+}
+_ADMIN_STATE = {}
 _TREE = {}
 
 
@@ -47,44 +63,62 @@ def ensure_collection_tree():
     return _TREE['path']
 
 
-def _pg_admin_url():
-    if 'url' in _PG_STATE or 'error' in _PG_STATE:
-        return _PG_STATE.get('url'), _PG_STATE.get('error')
-    url = os.environ.get('MLFLOW_TEST_PG_URL')
+def _admin_url(backend):
+    """(admin URL, None) of the test server of backend, or (None, why it is unusable); probed once per session."""
+    state = _ADMIN_STATE.setdefault(backend, {})
+    if 'url' in state or 'error' in state:
+        return state.get('url'), state.get('error')
+    server = _SERVERS[backend]
+    url = os.environ.get(server['url_env'])
     if not url:
-        url = subprocess.run(['bash', PGSERVER, 'url'], check=True, capture_output=True, text=True).stdout.strip()
+        url = subprocess.run(['bash', server['script'], 'url'], check=True, capture_output=True, text=True).stdout.strip()
     try:
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={'connect_timeout': 5})
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text('SELECT 1'))
         engine.dispose()
-        _PG_STATE['url'] = url
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        _PG_STATE['error'] = ('PostgreSQL test server not reachable (%s). Start it with tests/support/pgserver.sh start, '
-                              'set MLFLOW_TEST_PG_URL, or set MLFLOW_TEST_SKIP_PG=1 to skip.'
-                              % type(getattr(exc, 'orig', exc)).__name__)
-    return _PG_STATE.get('url'), _PG_STATE.get('error')
+        state['url'] = url
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        state['error'] = ('%s test server not reachable (%s). Start it with tests/support/%s start, '
+                          'set %s, or set %s=1 to skip.'
+                          % (server['name'], type(getattr(exc, 'orig', exc)).__name__, os.path.basename(server['script']),
+                             server['url_env'], server['skip_env']))
+    return state.get('url'), state.get('error')
 
 
-def require_pg():
-    url, error = _pg_admin_url()
+def require_server(backend):
+    """The admin URL of the test server of backend; fails the test when it is unreachable (skips if told to)."""
+    url, error = _admin_url(backend)
     if url:
         return url
-    if os.environ.get('MLFLOW_TEST_SKIP_PG') == '1':
+    if os.environ.get(_SERVERS[backend]['skip_env']) == '1':
         pytest.skip(error)
     pytest.fail(error)
 
 
-class PgDatabases:
+def require_pg():
+    return require_server('postgresql')
+
+
+def require_mysql():
+    return require_server('mysql')
+
+
+class ServerDatabases:
+    """Fresh databases mlflow_t_<random> on a test server, dropped by drop_all()."""
+
+    backend = None
+
     def __init__(self, admin_url):
         self.admin_url = admin_url
         self.created = []
 
-    def _admin(self, sql):
+    def _admin(self, *statements):
         engine = sqlalchemy.create_engine(self.admin_url, poolclass=NullPool, isolation_level='AUTOCOMMIT')
         try:
             with engine.connect() as conn:
-                conn.execute(sqlalchemy.text(sql))
+                for sql in statements:
+                    conn.execute(sqlalchemy.text(sql))
         finally:
             engine.dispose()
 
@@ -94,14 +128,76 @@ class PgDatabases:
         self.created.append(name)
         return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
 
+    def _drop(self, name):
+        raise NotImplementedError
+
     def drop_all(self):
         for name in self.created:
-            self._admin('DROP DATABASE IF EXISTS %s WITH (FORCE)' % name)
+            self._drop(name)
+
+
+class PgDatabases(ServerDatabases):
+    backend = 'postgresql'
+
+    def _drop(self, name):
+        # WITH (FORCE) cannot end an autovacuum worker that happens to be in the fresh database
+        # ("must be a member of the role whose process is being terminated"): retry briefly.
+        for attempt in range(10):
+            try:
+                self._admin('DROP DATABASE IF EXISTS %s WITH (FORCE)' % name)
+                return
+            except sqlalchemy.exc.SQLAlchemyError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
+
+
+class MysqlDatabases(ServerDatabases):
+    backend = 'mysql'
+
+    def _drop(self, name):
+        # Like PostgreSQL's WITH (FORCE): end the sessions still using the database (pooled
+        # connections of MLflow's own store), which could otherwise block the DROP on a metadata lock.
+        engine = sqlalchemy.create_engine(self.admin_url, poolclass=NullPool, isolation_level='AUTOCOMMIT')
+        try:
+            with engine.connect() as conn:
+                ids = [r[0] for r in conn.execute(sqlalchemy.text(
+                    'SELECT id FROM information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()'), {'db': name})]
+                for conn_id in ids:
+                    try:
+                        conn.execute(sqlalchemy.text('KILL %d' % int(conn_id)))
+                    except sqlalchemy.exc.SQLAlchemyError:
+                        pass  # already gone
+                conn.execute(sqlalchemy.text('DROP DATABASE IF EXISTS %s' % name))
+        finally:
+            engine.dispose()
+
+
+_DATABASES = {'postgresql': PgDatabases, 'mysql': MysqlDatabases}
+
+
+def databases_for(backend):
+    return _DATABASES[backend](require_server(backend))
 
 
 @pytest.fixture
 def pg_databases():
-    dbs = PgDatabases(require_pg())
+    dbs = databases_for('postgresql')
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture
+def mysql_databases():
+    dbs = databases_for('mysql')
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(params=SERVER_BACKENDS)
+def server_databases(request):
+    """Fresh databases on each database server backend (PostgreSQL, MySQL)."""
+    dbs = databases_for(request.param)
     yield dbs
     dbs.drop_all()
 
@@ -110,24 +206,29 @@ def pg_databases():
 def new_db(request, tmp_path):
     """Factory returning fresh, empty database URLs of the given backend."""
     counter = []
-    pg = {}
+    servers = {}
 
     def factory(backend):
         if backend == 'sqlite':
             counter.append(1)
             return 'sqlite:///%s' % (tmp_path / ('mlflow-%d.db' % len(counter)))
-        if 'dbs' not in pg:
-            pg['dbs'] = PgDatabases(require_pg())
-        return pg['dbs'].create()
+        if backend not in servers:
+            servers[backend] = databases_for(backend)
+        return servers[backend].create()
 
     yield factory
-    if 'dbs' in pg:
-        pg['dbs'].drop_all()
+    for dbs in servers.values():
+        dbs.drop_all()
 
 
 @pytest.fixture(params=BACKENDS)
 def db_url(request, new_db):
     return new_db(request.param)
+
+
+def backend_of(url):
+    """sqlite, postgresql or mysql."""
+    return make_url(url).get_backend_name()
 
 
 # ----------------------------------------------------------------------------- building states
@@ -235,11 +336,13 @@ def snapshot(url):
     engine = engine_for(url)
     try:
         inspector = sqlalchemy.inspect(engine)
+        quote_name = engine.dialect.identifier_preparer.quote_identifier
         picture = {}
         with engine.connect() as conn:
             for table in sorted(inspector.get_table_names()):
                 cols = [(c['name'], str(c['type'])) for c in inspector.get_columns(table)]
-                rows = sorted(json.dumps(list(r), default=str) for r in conn.execute(sqlalchemy.text('SELECT * FROM "%s"' % table)))
+                rows = sorted(json.dumps(list(r), default=str)
+                              for r in conn.execute(sqlalchemy.text('SELECT * FROM %s' % quote_name(table))))
                 picture[table] = (cols, rows)
         return picture
     finally:

@@ -1,10 +1,11 @@
-"""Tests of plugins/module_utils/schema.py against real sqlite files and real PostgreSQL databases."""
+"""Tests of plugins/module_utils/schema.py against real sqlite files and real PostgreSQL and MariaDB databases."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import sqlalchemy
 
 from ansible_collections.mlops.mlflow.plugins.module_utils import schema
 from support.db_schema_fixtures import (
@@ -14,6 +15,7 @@ from support.db_schema_fixtures import (
     all_revisions,
     make_behind,
     make_empty_alembic_version,
+    make_foreign,
     snapshot,
 )
 
@@ -72,6 +74,35 @@ def test_postgresql_without_psycopg3_hints_psycopg2():
         schema.create_engine('postgresql://u:secretpw@127.0.0.1:1/db')
     assert 'postgresql+psycopg2://' in str(exc.value)
     assert 'secretpw' not in str(exc.value)
+
+
+def test_mysql_without_mysqldb_hints_pymysql():
+    pytest.importorskip('pymysql')
+    try:
+        import MySQLdb  # noqa: F401 pylint: disable=unused-import
+        pytest.skip('mysqlclient is installed')
+    except ImportError:
+        pass
+    with pytest.raises(schema.SchemaError) as exc:
+        schema.create_engine('mysql://u:secretpw@127.0.0.1:1/db')
+    assert 'mysql+pymysql://' in str(exc.value) and 'MySQLdb' in str(exc.value)
+    assert 'secretpw' not in str(exc.value)
+
+
+@pytest.mark.parametrize('statement', ["INSERT INTO users (id, username) VALUES (2, 'x')", 'CREATE TABLE t2 (i INTEGER)',
+                                       'DROP TABLE users'])
+def test_read_only_engine_refuses_writes(db_url, statement):
+    """classify_schema's engine (read_only=True) cannot write, DDL included, on any backend."""
+    make_foreign(db_url)
+    before = snapshot(db_url)
+    engine = schema.create_engine(db_url, connect_timeout=5, read_only=True)
+    try:
+        with pytest.raises(sqlalchemy.exc.SQLAlchemyError, match='(?i)read.?only'):
+            with engine.begin() as conn:
+                conn.execute(sqlalchemy.text(statement))
+    finally:
+        engine.dispose()
+    assert snapshot(db_url) == before
 
 
 def test_missing_sqlite_file_is_empty_and_not_created(tmp_path):
@@ -141,10 +172,13 @@ def test_create_schema_needs_sqlite_directory(tmp_path):
     assert not os.path.exists(tmp_path / 'missing')
 
 
-def test_wrong_password_message_is_sanitized(pg_databases):
-    url = pg_databases.create().replace('p%40ss', 'p%40sX')
+WRONG_PASSWORD_WORDS = {'postgresql': 'password authentication failed', 'mysql': 'Access denied'}
+
+
+def test_wrong_password_message_is_sanitized(server_databases):
+    url = server_databases.create().replace('p%40ss', 'p%40sX')
     with pytest.raises(schema.SchemaError) as exc:
         schema.classify_schema(url, connect_timeout=5)
     message = str(exc.value)
-    assert 'password authentication failed' in message
+    assert WRONG_PASSWORD_WORDS[server_databases.backend] in message
     assert 'p@sX' not in message and 'p%40sX' not in message and 'rd%' not in message

@@ -1,4 +1,4 @@
-"""Tests of the db_schema module's main() against real sqlite files and real PostgreSQL databases.
+"""Tests of the db_schema module's main() against real sqlite files and real PostgreSQL and MariaDB databases.
 
 main() runs in-process under ansible.module_utils.testing.patch_module_args; its real JSON output
 (after AnsibleModule's no_log masking) is parsed from stdout.
@@ -17,6 +17,7 @@ from support.db_schema_fixtures import (
     PG_PASSWORD,
     UNKNOWN_REVISION,
     all_revisions,
+    backend_of,
     make_empty_alembic_version,
     make_foreign,
     mlflow_client_smoke,
@@ -50,10 +51,6 @@ def reference(new_db):
             _REFERENCE[backend] = reference_tables(new_db, backend)
         return _REFERENCE[backend]
     return get
-
-
-def backend_of(url):
-    return 'sqlite' if url.startswith('sqlite') else 'postgresql'
 
 
 REVS = all_revisions()
@@ -193,8 +190,8 @@ def test_password_from_environment(pg_databases, run, monkeypatch):
     assert 'password' in result['msg']
 
 
-def test_password_never_in_output(pg_databases, run):
-    url = pg_databases.create()
+def test_password_never_in_output(server_databases, run):
+    url = server_databases.create()
     outputs = [run(url, check=True, diff=True), run(url, diff=True), run(url, state='inspected'),
                run(url.replace('p%40ss', 'p%40sX'), connect_timeout=5)]
     assert outputs[-1]['failed'] is True
@@ -213,6 +210,19 @@ def test_postgresql_default_driver_hint(pg_databases, run):
     result = run(url)
     assert result['failed'] is True
     assert 'postgresql+psycopg2://' in result['msg'] and "No module named 'psycopg'" in result['msg']
+
+
+def test_mysql_default_driver_hint(mysql_databases, run):
+    try:
+        import MySQLdb  # noqa: F401 pylint: disable=unused-import
+        pytest.skip('mysqlclient is installed')
+    except ImportError:
+        pass
+    url = mysql_databases.create().replace('mysql+pymysql://', 'mysql://')
+    result = run(url)
+    assert result['failed'] is True
+    assert 'mysql+pymysql://' in result['msg'] and "No module named 'MySQLdb'" in result['msg']
+    assert 'p%40ss' not in json.dumps(result)
 
 
 def test_bad_url(run):
