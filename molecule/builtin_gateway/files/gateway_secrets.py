@@ -29,12 +29,13 @@ def main():
     with sqlite3.connect(path) as conn:
         rows = conn.execute('SELECT secret_id, kek_version FROM secrets ORDER BY secret_name').fetchall()
     values = []
-    for secret_id, _version in rows:
+    for row in rows:
+        secret_id = row[0]
         try:
             values.append(store._get_decrypted_secret(secret_id)['api_key'])  # pylint: disable=protected-access
         except Exception as exc:  # pylint: disable=broad-exception-caught
             values.append('UNDECRYPTABLE: %s' % type(exc).__name__)
-    print(json.dumps({'versions': [v for _, v in rows], 'values': values}))
+    print(json.dumps({'versions': [row[1] for row in rows], 'values': values}))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: mlops.mlflow contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Check an MLflow AI Gateway config file with MLflow's own loader.

@@ -68,7 +68,7 @@ def test_no_secrets_table_is_no_change(run, new_db):
 
 
 def test_matching_passphrase_is_no_change(run, with_secrets):
-    db_url, _ = with_secrets
+    db_url = with_secrets[0]
     result = run(db_url, passphrase=OLD, version=1)
     assert result['changed'] is False
     assert result['secrets'] == 3
@@ -76,7 +76,7 @@ def test_matching_passphrase_is_no_change(run, with_secrets):
 
 
 def test_new_passphrase_without_rotation_is_refused(run, with_secrets):
-    db_url, _ = with_secrets
+    db_url = with_secrets[0]
     result = run(db_url, passphrase=NEW, version=1)
     assert result['failed']
     assert 'do not decrypt' in result['msg']
@@ -106,7 +106,7 @@ def test_rotation_check_run_rerun(run, with_secrets, tmp_path, monkeypatch):
 
 
 def test_wrong_previous_passphrase_changes_nothing(run, with_secrets):
-    db_url, _ = with_secrets
+    db_url = with_secrets[0]
     result = run(db_url, passphrase=NEW, previous_passphrase='not-the-old-one-0123456789abcdef', version=2)
     assert result['failed']
     assert 'previous_passphrase' in result['msg']
@@ -114,21 +114,21 @@ def test_wrong_previous_passphrase_changes_nothing(run, with_secrets):
 
 
 def test_rotation_needs_previous_passphrase(run, with_secrets):
-    db_url, _ = with_secrets
+    db_url = with_secrets[0]
     result = run(db_url, passphrase=NEW, version=2)
     assert result['failed']
     assert 'give previous_passphrase' in result['msg']
 
 
 def test_skipping_a_version_is_refused(run, with_secrets):
-    db_url, _ = with_secrets
+    db_url = with_secrets[0]
     result = run(db_url, passphrase=NEW, previous_passphrase=OLD, version=3)
     assert result['failed']
     assert 'one version at a time' in result['msg']
 
 
 def test_configured_version_older_than_the_database_is_refused(run, with_secrets):
-    db_url, _ = with_secrets
+    db_url = with_secrets[0]
     assert run(db_url, passphrase=NEW, previous_passphrase=OLD, version=2)['changed']
     result = run(db_url, passphrase=NEW, version=1)
     assert result['failed']
