@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import traceback
 from urllib.parse import quote
+
+from ansible.module_utils.basic import missing_required_lib
 
 SQLALCHEMY_IMPORT_ERROR = None
 try:
@@ -385,3 +388,29 @@ def _run_write(func, action, db_url, connect_timeout):
 
 def mlflow_version():
     return str(getattr(mlflow, '__version__', 'unknown'))
+
+
+# --------------------------------------------------------------------------- module entry point
+
+def run_database_module(module, run, extra_libs=()):
+    """Shared main() of the modules that work on an MLflow tracking database.
+
+    Fails with a clear message when a library is missing (the module must run with the
+    interpreter of the MLflow installation), masks the password of ``db_url`` (raw and
+    URL-quoted) wherever it might surface, runs ``run(module)`` and exits with its result;
+    a SchemaError becomes a password-free failure.
+    extra_libs: further (has_lib, name, import_error) triples.
+    """
+    libs = ((HAS_SQLALCHEMY, 'sqlalchemy', SQLALCHEMY_IMPORT_ERROR),
+            (HAS_ALEMBIC, 'alembic', ALEMBIC_IMPORT_ERROR),
+            (HAS_MLFLOW, 'mlflow', MLFLOW_IMPORT_ERROR)) + tuple(extra_libs)
+    for has_lib, name, error in libs:
+        if not has_lib:
+            module.fail_json(msg=missing_required_lib(name) + '. Run this module with the Python of the MLflow installation '
+                             '(set ansible_python_interpreter for the task); this one is %s.' % sys.executable, exception=error)
+    module.no_log_values.update(url_secrets(module.params['db_url']))
+    try:
+        result = run(module)
+    except SchemaError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)

@@ -102,20 +102,15 @@ versions_after:
 
 import contextlib
 import io
-import sys
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
-    HAS_MLFLOW,
-    HAS_SQLALCHEMY,
-    MLFLOW_IMPORT_ERROR,
-    SQLALCHEMY_IMPORT_ERROR,
     SchemaError,
     create_engine,
     db_error_message,
-    url_secrets,
+    run_database_module,
 )
 
 try:
@@ -244,18 +239,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    for has_lib, name, error in ((HAS_SQLALCHEMY, 'sqlalchemy', SQLALCHEMY_IMPORT_ERROR),
-                                 (HAS_MLFLOW, 'mlflow', MLFLOW_IMPORT_ERROR),
-                                 (HAS_CRYPTO, 'mlflow>=3.9 (mlflow.utils.crypto)', CRYPTO_IMPORT_ERROR)):
-        if not has_lib:
-            module.fail_json(msg=missing_required_lib(name) + '. Run this module with the Python of the MLflow installation '
-                             '(set ansible_python_interpreter for the task); this one is %s.' % sys.executable, exception=error)
-    module.no_log_values.update(url_secrets(module.params['db_url']))
-    try:
-        result = run_module(module)
-    except SchemaError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_database_module(module, run_module,
+                        extra_libs=((HAS_CRYPTO, 'mlflow>=3.9 (mlflow.utils.crypto)', CRYPTO_IMPORT_ERROR),))
 
 
 if __name__ == '__main__':

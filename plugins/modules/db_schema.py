@@ -170,40 +170,24 @@ mlflow_version:
 
 import contextlib
 import io
-import sys
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
-    ALEMBIC_IMPORT_ERROR,
     ALEMBIC_VERSION_TABLE,
-    HAS_ALEMBIC,
-    HAS_MLFLOW,
-    HAS_SQLALCHEMY,
-    MLFLOW_IMPORT_ERROR,
-    SQLALCHEMY_IMPORT_ERROR,
+    SchemaError,
     STATE_AHEAD,
     STATE_BEHIND,
     STATE_CURRENT,
     STATE_EMPTY,
     STATE_FOREIGN,
-    SchemaError,
     classify_schema,
     create_schema,
     load_script_directory,
     mlflow_version,
+    run_database_module,
     upgrade_schema,
-    url_secrets,
 )
-
-
-def check_requirements(module):
-    for has_lib, name, error in ((HAS_SQLALCHEMY, 'sqlalchemy', SQLALCHEMY_IMPORT_ERROR),
-                                 (HAS_ALEMBIC, 'alembic', ALEMBIC_IMPORT_ERROR),
-                                 (HAS_MLFLOW, 'mlflow', MLFLOW_IMPORT_ERROR)):
-        if not has_lib:
-            module.fail_json(msg=missing_required_lib(name) + '. Run this module with the Python of the MLflow installation '
-                             '(set ansible_python_interpreter for the task); this one is %s.' % sys.executable, exception=error)
 
 
 def plan(before, allow_foreign_tables):
@@ -292,14 +276,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    check_requirements(module)
-    # Mask the password (raw and URL-quoted) wherever it might surface, not only the whole URL.
-    module.no_log_values.update(url_secrets(module.params['db_url']))
-    try:
-        result = run_module(module)
-    except SchemaError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_database_module(module, run_module)
 
 
 if __name__ == '__main__':
