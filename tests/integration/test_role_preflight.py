@@ -9,30 +9,18 @@ wrongly passed could not change this machine.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from support.db_schema_fixtures import ensure_collection_tree
+from support import role_preflight
 
 PLAYBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'playbooks', 'role_preflight.yml')
 SECRET = 'hunter2-canary'
 
 
 def run_preflight(tmp_path, extra_vars):
-    tree = ensure_collection_tree()
-    vars_file = tmp_path / 'vars.json'
-    vars_file.write_text(json.dumps(extra_vars))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=tree, ANSIBLE_INJECT_FACT_VARS='false', ANSIBLE_NOCOLOR='1',
-               ANSIBLE_LOCALHOST_WARNING='false')
-    cmd = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,', '-c', 'local',
-           '-e', 'ansible_python_interpreter=%s' % sys.executable, '-e', '@%s' % vars_file,
-           '--check', '--tags', 'mlflow_server_preflight', PLAYBOOK]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
-    return proc.returncode, proc.stdout + proc.stderr
+    return role_preflight.run_preflight(tmp_path, PLAYBOOK, 'mlflow_server_preflight', extra_vars)
 
 
 BAD_INPUTS = [

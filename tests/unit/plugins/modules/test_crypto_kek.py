@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlops.mlflow.plugins.modules import crypto_kek
 from support.db_schema_fixtures import engine_for, make_current
+from support.module_runner import run_main
 
 OLD = 'old-passphrase-0123456789abcdef-0123456789'
 NEW = 'new-passphrase-fedcba9876543210-9876543210'
@@ -20,12 +20,7 @@ API_KEY = 'sk-canary-provider-key-42'
 @pytest.fixture
 def run(capsys):
     def runner(db_url, check=False, diff=False, **params):
-        args = dict(params, db_url=db_url, _ansible_check_mode=check, _ansible_diff=diff)
-        capsys.readouterr()
-        with patch_module_args(args):
-            with pytest.raises(SystemExit):
-                crypto_kek.main()
-        out = capsys.readouterr().out
+        out = run_main(capsys, crypto_kek.main, db_url, check=check, diff=diff, **params)
         for secret in (OLD, NEW, API_KEY):
             assert secret not in out
         return json.loads(out)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlops.mlflow.plugins.modules import db_schema
+from support.module_runner import run_main
 from support.db_schema_fixtures import (
     BUILDERS,
     PG_PASSWORD,
@@ -33,13 +33,7 @@ _REFERENCE = {}
 @pytest.fixture
 def run(capsys):
     def runner(db_url, check=False, diff=False, **params):
-        args = dict(params, db_url=db_url, _ansible_check_mode=check, _ansible_diff=diff)
-        capsys.readouterr()
-        with patch_module_args(args):
-            with pytest.raises(SystemExit):
-                db_schema.main()
-        out = capsys.readouterr().out
-        return json.loads(out)
+        return json.loads(run_main(capsys, db_schema.main, db_url, check=check, diff=diff, **params))
     return runner
 
 
