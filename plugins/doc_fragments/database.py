@@ -3,13 +3,8 @@
 
 from __future__ import annotations
 
-
-class ModuleDocFragment:
-    # Options shared by the modules that work on an MLflow tracking database.
-    DOCUMENTATION = r'''
-options:
-  db_url:
-    description:
+# The description of db_url is shared by both fragments below.
+_DB_URL_LINES = r'''
       - SQLAlchemy URL of the MLflow tracking database (the server's C(--backend-store-uri)).
       - Supported forms are C(sqlite:////absolute/path/mlflow.db), C(postgresql+psycopg2://user:password@host:5432/db),
         C(postgresql://...) (SQLAlchemy 2.1+ maps it to psycopg 3, so C(psycopg) must be installed) and
@@ -18,9 +13,9 @@ options:
       - The password may be left out of the URL and supplied through the driver's own mechanism instead,
         for example E(PGPASSWORD) or E(PGPASSFILE) in the module's environment for PostgreSQL.
       - The value is never logged or returned; error messages show the URL with its password masked.
-      - A relative sqlite path is relative to the module's working directory on the target, so use an absolute path.
-    type: str
-    required: true
+      - A relative sqlite path is relative to the module's working directory on the target, so use an absolute path.'''
+
+_COMMON = r'''
   connect_timeout:
     description:
       - Seconds to wait for the database connection (sqlite busy timeout for sqlite).
@@ -31,3 +26,34 @@ requirements:
     (set C(ansible_python_interpreter) for the task), which provides C(mlflow), C(sqlalchemy) and C(alembic).
   - The database driver for O(db_url), for example C(psycopg2) or C(psycopg) for PostgreSQL, C(pymysql) for MySQL.
 '''
+
+
+class ModuleDocFragment:
+    # Options shared by the modules that work on an MLflow tracking database.
+    DOCUMENTATION = r'''
+options:
+  db_url:
+    description:''' + _DB_URL_LINES + r'''
+    type: str
+    required: true''' + _COMMON
+
+    # The maintenance modules (gc, purge, db_backup): the URL may come from the server's
+    # environment files on the target instead of a module argument.
+    MAINTENANCE = r'''
+options:
+  db_url:
+    description:''' + _DB_URL_LINES + r'''
+      - When left out, the value of E(MLFLOW_BACKEND_STORE_URI) from O(env_files) is used, so the URL and its
+        password never travel as a module argument. This is how the collection's maintenance playbook calls the module.
+    type: str
+  env_files:
+    description:
+      - Environment files on the target in systemd's C(EnvironmentFile=) syntax, read in order (later files win),
+        for example the C(server.env) and C(server-secrets.env) the C(mlops.mlflow.mlflow_server) role writes.
+      - Their variables are put into the module's own environment (for example C(AWS_ACCESS_KEY_ID),
+        C(MLFLOW_S3_ENDPOINT_URL) for artifact deletion in S3) and the values of secret-looking names
+        (passwords, keys, tokens, store URIs) are masked in all output.
+      - A file that cannot be read makes the module fail before it touches anything.
+    type: list
+    elements: path
+    default: []''' + _COMMON

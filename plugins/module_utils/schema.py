@@ -20,6 +20,8 @@ import traceback
 from urllib.parse import quote
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible_collections.mlops.mlflow.plugins.module_utils.envfile import (
+    EnvFileError, apply_env, load_env_files, secret_values)
 
 SQLALCHEMY_IMPORT_ERROR = None
 try:
@@ -408,9 +410,23 @@ def run_database_module(module, run, extra_libs=()):
         if not has_lib:
             module.fail_json(msg=missing_required_lib(name) + '. Run this module with the Python of the MLflow installation '
                              '(set ansible_python_interpreter for the task); this one is %s.' % sys.executable, exception=error)
-    module.no_log_values.update(url_secrets(module.params['db_url']))
     try:
+        if module.params.get('env_files'):
+            # The maintenance modules read the server's own environment files on the target,
+            # so the database URL and the object-store keys never travel as arguments.
+            env = load_env_files(module.params['env_files'])
+            module.no_log_values.update(secret_values(env))
+            apply_env(env)
+            if not module.params.get('db_url'):
+                module.params['db_url'] = env.get('MLFLOW_BACKEND_STORE_URI') or None
+        if not module.params.get('db_url'):
+            module.fail_json(msg='db_url is not set and no MLFLOW_BACKEND_STORE_URI was found in env_files (%s)'
+                             % ', '.join(module.params.get('env_files') or []) if 'env_files' in module.params
+                             else 'db_url is required')
+        module.no_log_values.update(url_secrets(module.params['db_url']))
         result = run(module)
+    except EnvFileError as exc:
+        module.fail_json(msg=str(exc))
     except SchemaError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
