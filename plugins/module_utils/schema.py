@@ -6,6 +6,9 @@ Everything here reads the database with plain SQLAlchemy and alembic. It never o
 MLflow's ``SqlAlchemyStore``: that store migrates the schema when it is opened, which
 would turn a read-only inspection into a write.
 
+Apart from run_database_module() nothing here needs Ansible: the maintenance timers run
+this code on the hosts with the MLflow virtualenv's Python only.
+
 The third-party libraries are optional at import time (``HAS_*`` flags) because
 ``ansible-test sanity`` imports module_utils without them; modules must check the
 flags and fail with ``missing_required_lib`` before calling anything here.
@@ -19,7 +22,6 @@ import sys
 import traceback
 from urllib.parse import quote
 
-from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.mlops.mlflow.plugins.module_utils.envfile import (
     EnvFileError, apply_env, load_env_files, secret_values)
 
@@ -403,6 +405,9 @@ def run_database_module(module, run, extra_libs=()):
     a SchemaError becomes a password-free failure.
     extra_libs: further (has_lib, name, import_error) triples.
     """
+    # Imported here so that the rest of this file runs without Ansible (host-side timers).
+    from ansible.module_utils.basic import missing_required_lib
+
     libs = ((HAS_SQLALCHEMY, 'sqlalchemy', SQLALCHEMY_IMPORT_ERROR),
             (HAS_ALEMBIC, 'alembic', ALEMBIC_IMPORT_ERROR),
             (HAS_MLFLOW, 'mlflow', MLFLOW_IMPORT_ERROR)) + tuple(extra_libs)
