@@ -156,12 +156,14 @@ class Graph:
         self.text_columns = set()
         self.links = []
         fk_columns = set()
-        for name in insp.get_table_names():
-            cols = insp.get_columns(name)
+        # One query per kind of object on PostgreSQL and MySQL (SQLAlchemy 2 multi-reflection).
+        all_columns = {key[1]: cols for key, cols in insp.get_multi_columns().items()}
+        all_fks = {key[1]: fks for key, fks in insp.get_multi_foreign_keys().items()}
+        for name, cols in all_columns.items():
             self.columns[name] = {c['name'] for c in cols}
             self.text_columns.update((name, c['name']) for c in cols if isinstance(c['type'], sqlalchemy.String))
         for name in self.columns:
-            for fk in insp.get_foreign_keys(name):
+            for fk in all_fks.get(name, ()):
                 parent = fk['referred_table']
                 ondelete = ((fk.get('options') or {}).get('ondelete') or 'NO ACTION').upper()
                 action = 'null' if ondelete == 'SET NULL' else 'delete'
