@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
-# The description of db_url is shared by both fragments below.
-_DB_URL_LINES = r'''
+
+class ModuleDocFragment:
+    # Options shared by the modules that work on an MLflow tracking database.
+    # (ansible-test needs plain string literals here, so the db_url text is repeated in MAINTENANCE.)
+    DOCUMENTATION = r'''
+options:
+  db_url:
+    description:
       - SQLAlchemy URL of the MLflow tracking database (the server's C(--backend-store-uri)).
       - Supported forms are C(sqlite:////absolute/path/mlflow.db), C(postgresql+psycopg2://user:password@host:5432/db),
         C(postgresql://...) (SQLAlchemy 2.1+ maps it to psycopg 3, so C(psycopg) must be installed) and
@@ -13,9 +19,9 @@ _DB_URL_LINES = r'''
       - The password may be left out of the URL and supplied through the driver's own mechanism instead,
         for example E(PGPASSWORD) or E(PGPASSFILE) in the module's environment for PostgreSQL.
       - The value is never logged or returned; error messages show the URL with its password masked.
-      - A relative sqlite path is relative to the module's working directory on the target, so use an absolute path.'''
-
-_COMMON = r'''
+      - A relative sqlite path is relative to the module's working directory on the target, so use an absolute path.
+    type: str
+    required: true
   connect_timeout:
     description:
       - Seconds to wait for the database connection (sqlite busy timeout for sqlite).
@@ -27,22 +33,21 @@ requirements:
   - The database driver for O(db_url), for example C(psycopg2) or C(psycopg) for PostgreSQL, C(pymysql) for MySQL.
 '''
 
-
-class ModuleDocFragment:
-    # Options shared by the modules that work on an MLflow tracking database.
-    DOCUMENTATION = r'''
-options:
-  db_url:
-    description:''' + _DB_URL_LINES + r'''
-    type: str
-    required: true''' + _COMMON
-
     # The maintenance modules (gc, purge, db_backup): the URL may come from the server's
     # environment files on the target instead of a module argument.
     MAINTENANCE = r'''
 options:
   db_url:
-    description:''' + _DB_URL_LINES + r'''
+    description:
+      - SQLAlchemy URL of the MLflow tracking database (the server's C(--backend-store-uri)).
+      - Supported forms are C(sqlite:////absolute/path/mlflow.db), C(postgresql+psycopg2://user:password@host:5432/db),
+        C(postgresql://...) (SQLAlchemy 2.1+ maps it to psycopg 3, so C(psycopg) must be installed) and
+        C(mysql+pymysql://user:password@host/db).
+      - Quote special characters in the password (C(@) as C(%40), C(:) as C(%3A), C(/) as C(%2F), C(%) as C(%25)).
+      - The password may be left out of the URL and supplied through the driver's own mechanism instead,
+        for example E(PGPASSWORD) or E(PGPASSFILE) in the module's environment for PostgreSQL.
+      - The value is never logged or returned; error messages show the URL with its password masked.
+      - A relative sqlite path is relative to the module's working directory on the target, so use an absolute path.
       - When left out, the value of E(MLFLOW_BACKEND_STORE_URI) from O(env_files) is used, so the URL and its
         password never travel as a module argument. This is how the collection's maintenance playbook calls the module.
     type: str
@@ -56,4 +61,14 @@ options:
       - A file that cannot be read makes the module fail before it touches anything.
     type: list
     elements: path
-    default: []''' + _COMMON
+    default: []
+  connect_timeout:
+    description:
+      - Seconds to wait for the database connection (sqlite busy timeout for sqlite).
+    type: int
+    default: 10
+requirements:
+  - The module runs with the Python interpreter of the MLflow installation on the target
+    (set C(ansible_python_interpreter) for the task), which provides C(mlflow), C(sqlalchemy) and C(alembic).
+  - The database driver for O(db_url), for example C(psycopg2) or C(psycopg) for PostgreSQL, C(pymysql) for MySQL.
+'''

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from collections import OrderedDict
 
@@ -486,9 +487,14 @@ class _Artifacts:
 
 # --------------------------------------------------------------------------- entry point
 
+def _log_to_stdout(line):
+    sys.stdout.write(line + '\n')
+    sys.stdout.flush()
+
+
 def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experiment_names=None, run_ids=None,
               batch_size=500, check_mode=False, delete_artifacts=True, keep_registered_runs=True, tracking_uri=None,
-              connect_timeout=10, log=print):
+              connect_timeout=10, log=None):
     """Permanently delete deleted runs/experiments with everything that hangs off them.
 
     Returns a dict: changed, runs, experiments (numbers purged or, in check mode, to purge),
@@ -498,6 +504,7 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
     counts are exact; artifacts are only listed.
     """
     started = time.monotonic()
+    log = log or _log_to_stdout
     if scope not in SCOPES:
         raise SchemaError('scope must be one of %s, not %r' % (', '.join(SCOPES), scope))
     if not isinstance(batch_size, int) or batch_size < 1 or batch_size > 10000:

@@ -425,9 +425,10 @@ def run_database_module(module, run, extra_libs=()):
             if not module.params.get('db_url'):
                 module.params['db_url'] = env.get('MLFLOW_BACKEND_STORE_URI') or None
         if not module.params.get('db_url'):
-            module.fail_json(msg='db_url is not set and no MLFLOW_BACKEND_STORE_URI was found in env_files (%s)'
-                             % ', '.join(module.params.get('env_files') or []) if 'env_files' in module.params
-                             else 'db_url is required')
+            if module.params.get('env_files'):
+                module.fail_json(msg='db_url is not set and none of env_files (%s) sets MLFLOW_BACKEND_STORE_URI'
+                                 % ', '.join(module.params['env_files']))
+            module.fail_json(msg='db_url is required (or env_files holding MLFLOW_BACKEND_STORE_URI)')
         module.no_log_values.update(url_secrets(module.params['db_url']))
         result = run(module)
     except EnvFileError as exc:
