@@ -393,7 +393,7 @@ def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_nam
     if keep_registered_runs and 'model_versions' in graph.columns:
         mv = table('model_versions', column('run_id'), column('name'), column('version'))
         registered = {}
-        for chunk in _chunks(list(dict.fromkeys(run_list + [r for r, _ in exp_runs]))):
+        for chunk in _chunks(list(dict.fromkeys(run_list + [pair[0] for pair in exp_runs]))):
             for run_id, name, version in conn.execute(select(mv.c.run_id, mv.c.name, mv.c.version)
                                                       .where(mv.c.run_id.in_(chunk))):
                 registered.setdefault(run_id, []).append('%s v%s' % (name, version))
@@ -406,7 +406,7 @@ def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_nam
                 skipped['experiment %s' % exp_id] = 'holds a run that is the source of a registered model version'
             purge_exps = [e for e in purge_exps if e not in kept_exps]
             exp_runs = [(r, e) for r, e in exp_runs if e not in kept_exps]
-    run_list = list(dict.fromkeys(run_list + [r for r, _ in exp_runs]))
+    run_list = list(dict.fromkeys(run_list + [pair[0] for pair in exp_runs]))
     return run_list, purge_exps, skipped
 
 
@@ -428,8 +428,8 @@ def _artifact_uris(conn, graph, run_ids, trace_ids, exp_ids):
     uris = []
     runs = table('runs', column('run_uuid'), column('artifact_uri'))
     for chunk in _chunks(run_ids):
-        uris.extend(('run', r, u) for r, u in conn.execute(select(runs.c.run_uuid, runs.c.artifact_uri)
-                                                          .where(runs.c.run_uuid.in_(chunk))) if u)
+        query = select(runs.c.run_uuid, runs.c.artifact_uri).where(runs.c.run_uuid.in_(chunk))
+        uris.extend(('run', r, u) for r, u in conn.execute(query) if u)
     if trace_ids and 'trace_tags' in graph.columns:
         tags = table('trace_tags', column('key'), column('value'), column('request_id'))
         for chunk in _chunks(trace_ids):
@@ -458,7 +458,7 @@ class _Artifacts:
         self.ready = False
 
     def check(self, uris):
-        if any(u.startswith(('mlflow-artifacts:', 'http:', 'https:')) for _, _, u in uris) and not self.tracking_uri:
+        if any(u.startswith(('mlflow-artifacts:', 'http:', 'https:')) for _kind, _ident, u in uris) and not self.tracking_uri:
             raise SchemaError('Artifacts are served by the tracking server (mlflow-artifacts:/ URIs): set tracking_uri '
                               'to the running server (for example http://127.0.0.1:5000) so they can be deleted, or '
                               'set delete_artifacts=false to leave them')
@@ -538,8 +538,8 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
                                                           experiment_names, run_ids, keep_registered_runs)
             conn.rollback()
         total_runs, total_exps = len(run_list), len(exp_list)
-        log('purge: %d run(s) and %d experiment(s) to purge%s' % (total_runs, total_exps,
-                                                                   ' (check mode)' if check_mode else ''))
+        log('purge: %d run(s) and %d experiment(s) to purge%s'
+            % (total_runs, total_exps, ' (check mode)' if check_mode else ''))
         store = _Artifacts(tracking_uri) if delete_artifacts else None
         blocked_exps = set()
 
@@ -580,7 +580,7 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
             if store is not None:
                 store.check(uris)
                 if check_mode:
-                    artifacts['listed'].extend(u for _, _, u in uris[:1000 - len(artifacts['listed'])])
+                    artifacts['listed'].extend(entry[2] for entry in uris[:1000 - len(artifacts['listed'])])
                 else:
                     for what, ident, uri in uris:
                         try:
@@ -606,7 +606,8 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
                 deleter.delete('trace_info', 'request_id', [t for t in trace_ids if t not in failed_traces])
                 deleter.delete('runs', 'run_uuid', ids)
             else:
-                ids = [e for e in ids if str(e) not in {i for _, i in keep}]
+                kept_ids = {entry[1] for entry in keep}
+                ids = [e for e in ids if str(e) not in kept_ids]
                 deleter.delete('experiments', 'experiment_id', ids)
             return ids
 

@@ -215,11 +215,8 @@ def run(module):
                        connect_timeout=p['connect_timeout'], log=log)
     result['progress'] = progress
     if module._diff:
-        result['diff'] = {
-            'before': {'runs': result['run_ids'], 'experiments': result['experiment_ids']},
-            'after': {'runs': [], 'experiments': []} if result['changed'] else
-                     {'runs': result['run_ids'], 'experiments': result['experiment_ids']},
-        }
+        before = {'runs': result['run_ids'], 'experiments': result['experiment_ids']}
+        result['diff'] = {'before': before, 'after': {'runs': [], 'experiments': []} if result['changed'] else before}
     for column in result['unhandled']:
         module.warn('purge: the installed schema has the id column %s, which no link of the purge covers; rows in it '
                     'may be left behind. Please report this with your MLflow version.' % column)
