@@ -28,6 +28,8 @@ import sys
 import time
 from collections import OrderedDict
 
+# One parser of MLflow's older_than format for gc and purge.
+from ansible_collections.mlops.mlflow.plugins.module_utils.gc import parse_older_than
 from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
     STATE_CURRENT, SchemaError, classify_schema, create_engine, db_error_message, mask_url, parse_db_url)
 
@@ -42,9 +44,6 @@ SCOPES = ('all', 'runs', 'experiments')
 
 # IN lists are cut to this many values: far below every dialect's bind-parameter limit.
 CHUNK = 500
-
-# MLflow's older_than format (mlflow gc --older-than), e.g. 30d, 12h, 1d2h3m4s, 1.5d.
-_OLDER_THAN = re.compile(r'^((?P<days>[.\d]+?)d)?((?P<hours>[.\d]+?)h)?((?P<minutes>[.\d]+?)m)?((?P<seconds>[.\d]+?)s)?$')
 
 # Trace metadata key holding the run a trace was logged in (mlflow.tracing.constant.TraceMetadataKey.SOURCE_RUN).
 TRACE_SOURCE_RUN_KEY = 'mlflow.sourceRun'
@@ -124,26 +123,6 @@ _NOT_LINKS = {
 
 # Tables whose rows the engine deletes as roots of its own (they are not only children).
 ROOT_TABLES = ('runs', 'experiments', 'trace_info')
-
-
-def parse_older_than(value):
-    """Milliseconds for MLflow's older_than format; SchemaError naming older_than otherwise."""
-    if value is None:
-        return None
-    text_value = str(value).strip()
-    parts = _OLDER_THAN.match(text_value) if text_value else None
-    if not parts or not any(parts.groupdict().values()):
-        raise SchemaError("older_than %r is not in MLflow's format: a number of days/hours/minutes/seconds "
-                          "such as '30d', '12h', '1d2h3m4s' or '1.5d'" % (value,))
-    seconds = 0.0
-    factors = {'days': 86400, 'hours': 3600, 'minutes': 60, 'seconds': 1}
-    for name, number in parts.groupdict().items():
-        if number:
-            try:
-                seconds += float(number) * factors[name]
-            except ValueError as exc:
-                raise SchemaError("older_than %r: %r is not a number" % (value, number)) from exc
-    return int(seconds * 1000)
 
 
 # --------------------------------------------------------------------------- the table graph

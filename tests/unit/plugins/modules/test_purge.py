@@ -210,7 +210,7 @@ def test_experiment_with_an_active_run_is_kept(new_db, tmp_path, run):
 
 
 @pytest.mark.parametrize('params,message', [
-    ({'older_than': '30 days'}, "older_than '30 days' is not in MLflow's format"),
+    ({'older_than': '30 days'}, "older_than '30 days' is not a valid age"),
     ({'older_than': '-1d'}, 'older_than'),
     ({'run_ids': ['no-such-run']}, 'run_ids: no run no-such-run'),
     ({'experiment_names': ['nope']}, 'no experiment nope'),
