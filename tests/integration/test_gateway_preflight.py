@@ -85,6 +85,7 @@ BAD_INPUTS = [
     ('scheme list with comma', {'mlflow_gateway_api_base_allowed_schemes': ['http,https']}, 'mlflow_gateway_api_base_allowed_schemes'),
     ('service state unknown', {'mlflow_gateway_service_state': 'restarted'}, 'mlflow_gateway_service_state'),
     ('health timeout too short', {'mlflow_gateway_health_timeout': 1}, 'mlflow_gateway_health_timeout'),
+    ('venvs keep negative', {'mlflow_gateway_venvs_keep': -1}, 'mlflow_gateway_venvs_keep'),
 ]
 
 

@@ -66,6 +66,9 @@ BAD_INPUTS = [
     ('kek version zero', {'mlflow_server_kek_version': 0}, 'mlflow_server_kek_version'),
     ('gateway scheme invalid', {'mlflow_server_gateway_allowed_schemes': ['HTTP://']}, 'mlflow_server_gateway_allowed_schemes'),
     ('health timeout too short', {'mlflow_server_health_timeout': 1}, 'mlflow_server_health_timeout'),
+    ('venvs keep negative', {'mlflow_server_venvs_keep': -1}, 'mlflow_server_venvs_keep'),
+    ('backup keep zero', {'mlflow_server_backup_keep': 0}, 'mlflow_server_backup_keep'),
+    ('backup dir relative', {'mlflow_server_backup_dir': 'backups'}, 'mlflow_server_backup_dir'),
 ]
 
 
