@@ -45,7 +45,7 @@ def test_every_option_is_prefixed_typed_described_and_defaulted_alike(role):
 
 
 def test_there_are_the_public_roles():
-    assert PUBLIC_ROLES == ['mlflow_gateway', 'mlflow_server']
+    assert PUBLIC_ROLES == ['mlflow_gateway', 'mlflow_proxy', 'mlflow_server']
 
 
 def test_internal_role_refuses_direct_use_and_types_its_entry_points():
