@@ -34,7 +34,7 @@ def _populate(db_url):
     client = MlflowClient(tracking_uri=db_url)
     keep = client.create_experiment('keep')
     gone = client.create_experiment('gone')
-    runs = [client.create_run(keep).info.run_id for _ in range(3)]
+    runs = [client.create_run(keep).info.run_id for _i in range(3)]
     client.create_run(gone)
     client.delete_run(runs[0])
     client.delete_experiment(gone)
