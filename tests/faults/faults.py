@@ -318,7 +318,8 @@ systemctl start mlflow-server
             reads_ok = True
             try:
                 self.client.get_run(run_id)
-                listed = [a.path for a in self.client.list_artifacts(run_id)]
+                # Files only: the refused upload may leave an empty directory behind.
+                listed = [a.path for a in self.client.list_artifacts(run_id) if not a.is_dir]
                 local = self.client.download_artifacts(run_id, listed[0], tmp)
                 reads_ok = os.path.getsize(local) > 0
             except Exception as exc:  # pylint: disable=broad-exception-caught
