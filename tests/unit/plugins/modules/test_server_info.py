@@ -104,7 +104,9 @@ def test_unreachable_database_is_reported_without_password(run):
     assert result.get('failed') is not True
     assert result['database']['error']
     assert 's3cr' not in json.dumps(result)
-    assert 'Tracking database not inspected' in json.dumps(result.get('warnings'))
+    # (The module also warns; ansible-core de-duplicates warnings per process, so an earlier
+    # test in the same pytest process can swallow it: the error field is what is asserted.)
+    assert '127.0.0.1' in result['database']['error'] or 'connect' in result['database']['error'].lower()
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
