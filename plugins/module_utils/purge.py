@@ -625,7 +625,7 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
         'run_ids': purged_runs[:1000],
         'experiment_ids': [str(e) for e in purged_exps[:1000]],
         'counts': dict(counts),
-        'skipped': dict(skipped),
+        'kept': dict(skipped),
         'artifacts': artifacts,
         'unhandled': graph.unhandled_columns(),
         'batches': batches,

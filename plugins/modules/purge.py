@@ -25,7 +25,7 @@ description:
     a purged run go, and datasets go with their experiment.
   - A run that is the source of a registered model version is kept (and so is its experiment) unless
     O(keep_registered_runs=false).
-  - An experiment that still holds runs which are not deleted is never purged; it is reported in RV(skipped).
+  - An experiment that still holds runs which are not deleted is never purged; it is reported in RV(kept).
   - Artifacts are deleted with MLflow's own artifact repositories (local paths, S3, C(mlflow-artifacts:/) through the
     running server given in O(tracking_uri)), before the rows of their batch. When an artifact location cannot be
     deleted its run (or experiment) is kept, so that a later purge tries again and nothing is left orphaned; the
@@ -163,7 +163,7 @@ counts:
   returned: success
   type: dict
   sample: {"metrics": 400000, "params": 20000, "runs": 2000, "logged_models.source_run_id (set NULL)": 3}
-skipped:
+kept:
   description: What matched the filters but was kept, and why.
   returned: success
   type: dict

@@ -137,7 +137,7 @@ def test_purge_random_deletions_leaves_no_orphan_and_touches_nothing_else(new_db
     assert result['counts'] == checked['counts'], 'check mode must predict the exact counts'
     assert result['unhandled'] == []
     if registered:
-        assert 'run %s' % registered in result['skipped']
+        assert 'run %s' % registered in result['kept']
 
     after = mlflow_data.rows_snapshot(db_url)
     # 1. No row anywhere names a purged run, trace, model, dataset; no row of a purged experiment remains.
@@ -205,7 +205,7 @@ def test_experiment_with_an_active_run_is_kept(new_db, tmp_path, run):
     client.restore_run(layout['experiments'][exp_id][1])   # MLflow allows restoring a run of a deleted experiment
     result = run(db_url, scope='experiments')
     assert result['experiments'] == 0 and result['runs'] == 0
-    assert 'holds 1 run(s) that are not deleted' in result['skipped']['experiment %s' % exp_id]
+    assert 'holds 1 run(s) that are not deleted' in result['kept']['experiment %s' % exp_id]
     assert client.get_run(layout['experiments'][exp_id][1]).info.lifecycle_stage == 'active'
 
 
