@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.mlops.mlflow.plugins.filter.systemd import systemd_env_quote
+from ansible_collections.mlops.mlflow.plugins.filter.systemd import systemd_env_quote, systemd_hardening
 
 
 def unquote(text):
@@ -49,3 +49,23 @@ def test_scalars():
 def test_line_breaks_are_refused(value):
     with pytest.raises(AnsibleFilterError, match='line break'):
         systemd_env_quote(value)
+
+
+def test_hardening_block_is_one_option_per_line_with_the_writable_dirs():
+    block = systemd_hardening(['/var/lib/mlflow', '/var/log/mlflow'])
+    lines = block.split('\n')
+    assert lines[0].startswith('# Hardening:')
+    options = [line.split('=', 1)[0] for line in lines[1:]]
+    assert 'ReadWritePaths=/var/lib/mlflow /var/log/mlflow' in lines
+    assert options.count('ReadWritePaths') == 1
+    for wanted in ('NoNewPrivileges', 'ProtectSystem', 'ProtectHome', 'PrivateTmp', 'CapabilityBoundingSet',
+                   'SystemCallFilter', 'RestrictAddressFamilies', 'ProtectProc'):
+        assert wanted in options
+    assert 'ProtectSystem=strict' in lines
+    assert not block.endswith('\n'), 'the template line break ends the block'
+
+
+@pytest.mark.parametrize('dirs', [[], ['relative/dir'], ['/with space'], '/var/lib/mlflow', None])
+def test_hardening_refuses_what_systemd_would_misread(dirs):
+    with pytest.raises(AnsibleFilterError):
+        systemd_hardening(dirs)
