@@ -24,22 +24,18 @@ description:
   - Refuses a database that holds MLflow tracking tables; the auth database must be a database of its own.
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
+extends_documentation_fragment:
+  - mlops.mlflow.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Check mode only reads the database (sqlite read-only, PostgreSQL and MySQL/MariaDB in read-only transactions);
         a missing sqlite file is not created.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the schema revision, whether the admin exists, is an admin and whether its password matches. Never the password.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   db_url:
     description:

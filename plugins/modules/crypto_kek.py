@@ -24,22 +24,17 @@ description:
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
+  - mlops.mlflow.attributes
   - mlops.mlflow.database
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Reports how many secrets would be rotated, without writing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the number of secrets per KEK version before and after.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   passphrase:
     description:

@@ -29,23 +29,18 @@ description:
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
+  - mlops.mlflow.attributes
   - mlops.mlflow.database.maintenance
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Validates the options, finds the dump tool and predicts RV(path) and the backups retention would
         remove (RV(removed)); writes, creates and deletes nothing and does not connect to the database.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the backup files with O(prefix) in O(dest_dir) before and after the run.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   dest_dir:
     description:

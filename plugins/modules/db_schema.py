@@ -33,24 +33,19 @@ notes:
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
+  - mlops.mlflow.attributes
   - mlops.mlflow.database
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Check mode only reads the database (sqlite in read-only mode, PostgreSQL and MySQL/MariaDB in read-only
         transactions);
         a missing sqlite file is not created. It predicts C(changed), RV(state) and RV(revision).
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the alembic revision before and after.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   state:
     description:

@@ -44,23 +44,18 @@ notes:
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
+  - mlops.mlflow.attributes
   - mlops.mlflow.database.maintenance
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Check mode only reads the database (read-only connections) and returns the ids that would be purged.
         MLflow's gc is not run.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the number of runs, experiments and logged models in the C(deleted) lifecycle stage before and after.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   older_than:
     description:

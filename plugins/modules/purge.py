@@ -35,23 +35,18 @@ description:
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
+  - mlops.mlflow.attributes
   - mlops.mlflow.database.maintenance
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - The same statements run in one transaction that is rolled back, so RV(counts) are exact. The transaction holds
         row locks on the rows that would go for its duration. Artifacts are listed in RV(artifacts), not deleted.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - Shows the runs and experiments before and after (the first 1000 of each).
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   scope:
     description:

@@ -27,20 +27,15 @@ description:
 author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
+  - mlops.mlflow.attributes
   - mlops.mlflow.database.maintenance
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - The module only reads; check mode returns the same report.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
 options:
   url:
     description:
