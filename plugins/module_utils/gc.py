@@ -18,13 +18,12 @@ import contextlib
 import io
 import os
 import re
-import ssl
 import sys
 import time
 from datetime import timedelta
-from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from urllib.parse import urlparse
 
+from ansible_collections.mlops.mlflow.plugins.module_utils.health import mlflow_client_tls, probe_health
 from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
     HAS_SQLALCHEMY,
     STATE_AHEAD,
@@ -132,28 +131,15 @@ def _is_http(uri):
 
 def _check_server(tracking_uri, timeout, secrets):
     """Fail before deleting anything when the tracking server does not answer on /health."""
-    parsed = urlparse(tracking_uri)
-    shown = sanitize(parsed._replace(netloc=parsed.netloc.rpartition('@')[2]).geturl(), secrets)
-    try:
-        if parsed.scheme == 'https':
-            # The TLS settings MLflow's own HTTP client honours.
-            context = ssl.create_default_context(cafile=os.environ.get('MLFLOW_TRACKING_SERVER_CERT_PATH') or None)
-            if os.environ.get('MLFLOW_TRACKING_INSECURE_TLS', '').strip().lower() in ('1', 'true'):
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            connection = HTTPSConnection(parsed.hostname, parsed.port, timeout=timeout, context=context)
-        else:
-            connection = HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
-        try:
-            connection.request('GET', parsed.path.rstrip('/') + '/health')
-            status = connection.getresponse().status
-        finally:
-            connection.close()
-    except (HTTPException, OSError, ValueError) as exc:
+    cafile, insecure = mlflow_client_tls()
+    probe = probe_health(tracking_uri, timeout, cafile=cafile, insecure=insecure)
+    shown = sanitize(probe['url'].rpartition('/health')[0], secrets)
+    status = probe['status']
+    if status is None:
         raise SchemaError('The tracking server at %s (tracking_uri) does not answer: %s. MLflow\'s gc deletes proxied '
-                          'artifacts through it; nothing was deleted.' % (shown, sanitize(exc, secrets))) from exc
+                          'artifacts through it; nothing was deleted.' % (shown, sanitize(probe['error'], secrets)))
     if status >= 400:
-        raise SchemaError('The tracking server at %s (tracking_uri) answers %d on /health; MLflow\'s gc deletes proxied '
+        raise SchemaError('The tracking server at %s (tracking_uri) answers %s on /health; MLflow\'s gc deletes proxied '
                           'artifacts through it; nothing was deleted.' % (shown, status))
 
 

@@ -204,7 +204,7 @@ database:
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
+from ansible_collections.mlops.mlflow.plugins.module_utils.health import probe_health
 from ansible_collections.mlops.mlflow.plugins.module_utils.envfile import EnvFileError, apply_env, load_env_files, secret_values
 from ansible_collections.mlops.mlflow.plugins.module_utils import schema
 
@@ -240,21 +240,6 @@ def default_url(env):
     elif ':' in host and not host.startswith('['):
         host = '[%s]' % host
     return 'http://%s:%s%s' % (host, env.get('MLFLOW_PORT') or '5000', env.get('MLFLOW_STATIC_PREFIX') or '')
-
-
-def health(url, timeout):
-    probe = url.rstrip('/') + '/health'
-    result = {'url': probe, 'ok': False, 'status': None, 'body': None, 'error': None}
-    try:
-        resp = open_url(probe, timeout=timeout, follow_redirects='none')
-        body = resp.read(200).decode('utf-8', 'replace')
-        result.update(status=resp.getcode(), body=body)
-        result['ok'] = resp.getcode() == 200
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        # urllib's HTTPError, URLError, socket timeouts, connection resets: all mean "not healthy".
-        status = getattr(exc, 'code', None)
-        result.update(status=status, error='%s: %s' % (type(exc).__name__, exc))
-    return result
 
 
 _COUNTS = {
@@ -330,7 +315,7 @@ def main():
               'units': unit_states(module, p['units']), 'health': None, 'database': None}
     url = default_url(env) if p['url'] is None else p['url']
     if url:
-        result['health'] = health(url, p['timeout'])
+        result['health'] = probe_health(url, p['timeout'])
         if not result['health']['ok']:
             module.warn('MLflow server at %s is not healthy: %s' % (result['health']['url'],
                                                                     result['health']['error'] or result['health']['status']))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from ansible_collections.mlops.mlflow.plugins.module_utils import maintenance_cli as cli
 from ansible_collections.mlops.mlflow.plugins.module_utils.schema import SchemaError
@@ -301,7 +302,10 @@ def test_runs_as_python_dash_m_without_ansible_on_the_path(db, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
     code = tmp_path / 'maintenance' / 'ansible_collections' / 'mlops' / 'mlflow' / 'plugins' / 'module_utils'
     code.mkdir(parents=True)
-    for name in ('schema', 'envfile', 'gc', 'purge', 'backup', 'maintenance_cli'):
+    # The files the role copies for the timers (roles/mlflow_server/vars/maintenance.yml), nothing more.
+    with open(os.path.join(root, 'roles', 'mlflow_server', 'vars', 'maintenance.yml'), encoding='utf-8') as handle:
+        sources = yaml.safe_load(handle)['_mlflow_server_maintenance_sources']
+    for name in sources:
         shutil.copy(os.path.join(root, 'plugins', 'module_utils', name + '.py'), code)
     # A stand-in 'ansible' package that fails on import: the CLI must not need Ansible.
     poison = tmp_path / 'poison' / 'ansible'
