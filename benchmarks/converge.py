@@ -89,9 +89,8 @@ systemctl restart mlflow-server.service
 until curl -fsS -o /dev/null http://127.0.0.1:5000/health; do sleep 0.5; done
 end=$(date +%%s.%%N)
 sleep 15
-cg=/sys/fs/cgroup$(systemctl show --property=ControlGroup --value mlflow-server.service)
 n=0; pss=0; rss=0
-for pid in $(cat $cg/cgroup.procs); do
+for pid in $(ps -e -o pid= -o unit= | awk '$2 == "mlflow-server.service" {print $1}'); do
   p=$(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)
   r=$(awk '/^Rss:/ {print $2}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)
   n=$((n + 1)); pss=$((pss + p)); rss=$((rss + r))
@@ -118,7 +117,14 @@ def main():
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--skip-memory', action='store_true')
     parser.add_argument('--only', nargs='*', default=['index', 'cold', 'warm', 'x3'])
+    parser.add_argument('--memory-only', metavar='NET',
+                        help='only the memory profile, on the first host of the running test network NET (left up)')
     args = parser.parse_args()
+    if args.memory_only:
+        host = json.loads(testhost('status', '--net', args.memory_only, '--json'))[0]['hosts'][0]
+        for row in memory(host):
+            print('| %(workers)d | %(job_execution)s | %(processes)d | %(pss_mib)d | %(rss_sum_mib)d | %(health_s).1f |' % row)
+        return
     work = tempfile.mkdtemp(prefix='bench-wh-')
     cache = os.path.join(work, 'wheelhouse-cache')
     results = {'commit': subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
