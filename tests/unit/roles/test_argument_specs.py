@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROLES_DIR = pathlib.Path(__file__).resolve().parents[3] / 'roles'
-# 'common' is internal: its entry points (account, venv, wait_http) are typed in its spec, it has no defaults.
+# 'common' is internal: its entry points (account, venv, wait_http, wheelhouse) are typed in its spec, it has no defaults.
 INTERNAL_ROLES = {'common'}
 PUBLIC_ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if p.is_dir() and p.name not in INTERNAL_ROLES)
 TYPES = {'str': str, 'int': int, 'bool': bool, 'list': list, 'dict': dict, 'path': str}
@@ -51,8 +51,8 @@ def test_there_are_the_public_roles():
 def test_internal_role_refuses_direct_use_and_types_its_entry_points():
     with open(ROLES_DIR / 'common' / 'meta' / 'argument_specs.yml', encoding='utf-8') as handle:
         specs = yaml.safe_load(handle)['argument_specs']
-    assert sorted(specs) == ['account', 'main', 'venv', 'wait_http']
-    for entry in ('account', 'venv', 'wait_http'):
+    assert sorted(specs) == ['account', 'main', 'venv', 'wait_http', 'wheelhouse']
+    for entry in ('account', 'venv', 'wait_http', 'wheelhouse'):
         assert (ROLES_DIR / 'common' / 'tasks' / (entry + '.yml')).exists()
         for name, spec in specs[entry]['options'].items():
             assert name.startswith('common_') and spec.get('type'), name
