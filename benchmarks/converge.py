@@ -4,7 +4,7 @@
 
 Run as root from the repository root after ``scripts/bootstrap``::
 
-    .venv/bin/python benchmarks/converge.py [--json out.json] [--skip-memory]
+    .venv/bin/python benchmarks/converge.py [--json out.json]
 
 It boots its own test hosts (tests/hosts/testhost, networks ``bench-wh-*``, hosts ``whb-*``),
 one fresh network per measurement, and tears each down afterwards (also on failure):
@@ -16,8 +16,8 @@ one fresh network per measurement, and tears each down afterwards (also on failu
 3. ``wheelhouse``: first converge of one fresh host, wheelhouse already on the controller;
 4. ``wheelhouse x3``: first converge of three fresh hosts in parallel (one play, forks 10);
 5. ``re-run``: site.yml again on the host of 3 (must be changed=0);
-6. unless --skip-memory, on that host: processes and PSS (sum of /proc/PID/smaps_rollup over the
-   unit's control group) of mlflow-server with 1, 2, 4 workers, job execution off and on.
+
+Memory per workers / job-execution setting: benchmarks/memory_profile.py.
 
 Every host runs the tracking server with SQLite and 1 worker (mlflow_server_workers=1).
 The load average is printed before and after each step: other jobs on the machine skew times.
@@ -74,57 +74,11 @@ def converge(inventory, extra, log):
     return {'seconds': round(seconds, 1), 'changed': changed, 'load_before': before, 'load_after': load()}
 
 
-def ssh(host, script):
-    cmd = ['ssh', '-i', host['identity_file'], '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-           '-o', 'LogLevel=ERROR', '%s@%s' % (host['user'], host['address']), script]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-
-
-MEMORY_SCRIPT = r'''
-set -eu
-sed -i -e 's/^MLFLOW_WORKERS=.*/MLFLOW_WORKERS=%(workers)d/' \
-       -e 's/^MLFLOW_SERVER_ENABLE_JOB_EXECUTION=.*/MLFLOW_SERVER_ENABLE_JOB_EXECUTION=%(jobs)s/' /etc/mlflow/server.env
-start=$(date +%%s.%%N)
-systemctl restart mlflow-server.service
-until curl -fsS -o /dev/null http://127.0.0.1:5000/health; do sleep 0.5; done
-end=$(date +%%s.%%N)
-sleep 15
-n=0; pss=0; rss=0
-for pid in $(ps -e -o pid= -o unit= | awk '$2 == "mlflow-server.service" {print $1}'); do
-  p=$(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)
-  r=$(awk '/^Rss:/ {print $2}' /proc/$pid/smaps_rollup 2>/dev/null || echo 0)
-  n=$((n + 1)); pss=$((pss + p)); rss=$((rss + r))
-done
-echo "$start $end $n $pss $rss"
-'''
-
-
-def memory(host):
-    rows = []
-    for jobs in ('false', 'true'):
-        for workers in (1, 2, 4):
-            out = ssh(host, MEMORY_SCRIPT % {'workers': workers, 'jobs': jobs}).split()
-            rows.append({'workers': workers, 'job_execution': jobs == 'true', 'health_s': round(float(out[1]) - float(out[0]), 1),
-                         'processes': int(out[2]), 'pss_mib': round(int(out[3]) / 1024), 'rss_sum_mib': round(int(out[4]) / 1024),
-                         'load': load()})
-            print('memory', rows[-1], flush=True)
-    ssh(host, MEMORY_SCRIPT % {'workers': 1, 'jobs': 'false'})
-    return rows
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--skip-memory', action='store_true')
     parser.add_argument('--only', nargs='*', default=['index', 'cold', 'warm', 'x3'])
-    parser.add_argument('--memory-only', metavar='NET',
-                        help='only the memory profile, on the first host of the running test network NET (left up)')
     args = parser.parse_args()
-    if args.memory_only:
-        host = json.loads(testhost('status', '--net', args.memory_only, '--json'))[0]['hosts'][0]
-        for row in memory(host):
-            print('| %(workers)d | %(job_execution)s | %(processes)d | %(pss_mib)d | %(rss_sum_mib)d | %(health_s).1f |' % row)
-        return
     work = tempfile.mkdtemp(prefix='bench-wh-')
     cache = os.path.join(work, 'wheelhouse-cache')
     results = {'commit': subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
@@ -149,8 +103,6 @@ def main():
                 rerun = converge(info['inventory'], extra(key, wheelhouse), os.path.join(work, key + '-rerun.log'))
                 results['steps']['re-run'] = rerun
                 print('re-run', rerun, flush=True)
-                if not args.skip_memory:
-                    results['memory'] = memory(info['hosts'][0])
         finally:
             testhost('down', '--net', net)
 
@@ -180,10 +132,6 @@ def main():
     if 're-run' in steps and 'wheelhouse x3' in steps:
         print('re-run / first: %.2f (goal <= 0.25), changed %s' % (
             steps['re-run']['seconds'] / steps['wheelhouse x3']['seconds'], steps['re-run']['changed']))
-    if results.get('memory'):
-        print('\n| workers | job execution | processes | PSS MiB | RSS sum MiB | /health after restart s |\n|---|---|---|---|---|---|')
-        for row in results['memory']:
-            print('| %(workers)d | %(job_execution)s | %(processes)d | %(pss_mib)d | %(rss_sum_mib)d | %(health_s).1f |' % row)
 
 
 if __name__ == '__main__':
