@@ -35,7 +35,7 @@ from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
 
 try:
     import sqlalchemy
-    from sqlalchemy import and_, bindparam, column, or_, select, table, text  # noqa: F401 pylint: disable=unused-import
+    from sqlalchemy import and_, bindparam, column, exists, or_, select, table, text  # noqa: F401 pylint: disable=unused-import
     from sqlalchemy.exc import SQLAlchemyError
 except ImportError:  # checked by the module (run_database_module) before anything here runs
     pass
@@ -389,6 +389,37 @@ def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_nam
     return run_list, purge_exps, skipped
 
 
+def _experiments_of_runs(conn, run_ids):
+    runs = table('runs', column('run_uuid'), column('experiment_id'))
+    found = set()
+    for chunk in _chunks(run_ids):
+        found.update(_select_values(conn, select(runs.c.experiment_id).where(runs.c.run_uuid.in_(chunk)).distinct()))
+    return sorted(found)
+
+
+def _unreferenced_datasets(conn, graph, exp_ids):
+    """dataset_uuid of the datasets of exp_ids that no row refers to any more.
+
+    MLflow shows a dataset only through the inputs that name it (a run's dataset inputs, the
+    experiment's dataset list) and reuses the row of an experiment when a run logs the same
+    dataset (experiment_id, name, digest) again. A row no input names is therefore an orphan.
+    Every other column called dataset_uuid (logged_model_metrics) also keeps the row.
+    """
+    if not exp_ids or 'datasets' not in graph.columns or 'inputs' not in graph.columns:
+        return []
+    ds = table('datasets', column('dataset_uuid'), column('experiment_id'))
+    inputs = table('inputs', column('source_type'), column('source_id'))
+    conds = [~exists().where(and_(inputs.c.source_type == 'DATASET', inputs.c.source_id == ds.c.dataset_uuid))]
+    for name, cols in sorted(graph.columns.items()):
+        if name != 'datasets' and 'dataset_uuid' in cols:
+            other = table(name, column('dataset_uuid')).alias('ref_%s' % name)
+            conds.append(~exists().where(other.c.dataset_uuid == ds.c.dataset_uuid))
+    found = []
+    for chunk in _chunks(exp_ids):
+        found.extend(_select_values(conn, select(ds.c.dataset_uuid).where(and_(ds.c.experiment_id.in_(chunk), *conds))))
+    return found
+
+
 # --------------------------------------------------------------------------- artifacts
 
 def _trace_ids_of_runs(conn, graph, run_ids):
@@ -582,8 +613,11 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
                         conn, select(rtbl.c.experiment_id).where(rtbl.c.run_uuid.in_(sorted(failed_runs)))))
                 ids = [r for r in ids if r not in failed_runs]
                 failed_traces = {i for w, i in keep if w == 'trace'}
+                exps_of_batch = _experiments_of_runs(conn, ids)
                 deleter.delete('trace_info', 'request_id', [t for t in trace_ids if t not in failed_traces])
                 deleter.delete('runs', 'run_uuid', ids)
+                # Datasets only these runs used: after their inputs went, nothing shows them any more.
+                deleter.delete('datasets', 'dataset_uuid', _unreferenced_datasets(conn, graph, exps_of_batch))
             else:
                 kept_ids = {entry[1] for entry in keep}
                 ids = [e for e in ids if str(e) not in kept_ids]

@@ -22,7 +22,8 @@ description:
     warns when it is not empty.
   - What happens to rows that outlive a purged run is documented in C(docs/maintenance.md) of the collection.
     In short, logged models created by a purged run stay (their C(source_run_id) is set to NULL), traces logged in
-    a purged run go, and datasets go with their experiment.
+    a purged run go, and a dataset goes when no input names it any more (the datasets only purged runs used; one
+    an active or kept run uses stays) or with its experiment.
   - A run that is the source of a registered model version is kept (and so is its experiment) unless
     O(keep_registered_runs=false).
   - An experiment that still holds runs which are not deleted is never purged; it is reported in RV(kept).
