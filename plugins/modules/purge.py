@@ -27,7 +27,7 @@ description:
   - A run that is the source of a registered model version is kept (and so is its experiment) unless
     O(keep_registered_runs=false).
   - An experiment that still holds runs which are not deleted is never purged; it is reported in RV(kept).
-  - Artifacts are deleted before the rows of their batch: local paths directly (as MLflow's local artifact repository
+  - Artifacts are deleted before the rows of their batch, local paths directly (as MLflow's local artifact repository
     does), other locations with MLflow's own artifact repositories (S3, C(mlflow-artifacts:/) through the running
     server given in O(tracking_uri)). When an artifact location cannot be
     deleted its run (or experiment) is kept, so that a later purge tries again and nothing is left orphaned; the
