@@ -990,7 +990,7 @@ def print_report(results, settings, args, started, elapsed):
         if s['gc_cpu']:
             p('   mlflow gc CPU s: %s (net of no-op %s)' % (fmt(s['gc_cpu'], 1), fmt(s.get('gc_net_cpu'), 1)))
         if s['purge_cpu']:
-            p('   purge CPU s: process %s, run_purge %s; import of the engine (schema.py imports mlflow) %s s wall'
+            p('   purge CPU s: process %s, run_purge %s; import of the engine %s s wall'
               % (fmt(s['purge_cpu'], 1), fmt(s['purge_call_cpu'], 2), fmt(stats([x['import_s'] for x in res['purge']]))))
         if s['module_wall']:
             p('   ansible localhost -m mlops.mlflow.purge (%s, scope=%s): %s s wall, peak RSS %.0f MB (largest process), '

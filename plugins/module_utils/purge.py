@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import time
 from collections import OrderedDict
+from urllib.parse import unquote, urlparse
 
 # One parser of MLflow's older_than format for gc and purge.
 from ansible_collections.mlops.mlflow.plugins.module_utils.gc import parse_older_than
@@ -35,7 +37,7 @@ from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
 
 try:
     import sqlalchemy
-    from sqlalchemy import and_, bindparam, column, or_, select, table, text  # noqa: F401 pylint: disable=unused-import
+    from sqlalchemy import and_, bindparam, column, exists, or_, select, table, text  # noqa: F401 pylint: disable=unused-import
     from sqlalchemy.exc import SQLAlchemyError
 except ImportError:  # checked by the module (run_database_module) before anything here runs
     pass
@@ -278,7 +280,10 @@ def _now_ms():
 def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_names, run_ids, keep_registered_runs):
     """(run ids, experiment ids, skipped) to purge; SchemaError for explicit ids that may not be purged."""
     runs = table('runs', column('run_uuid'), column('experiment_id'), column('lifecycle_stage'),
-                 column('deleted_time'), column('artifact_uri'))
+                 column('deleted_time'), column('artifact_uri'), column('start_time'))
+    # Runs are purged in the order MLflow wrote them (start_time): a batch's metric rows then lie
+    # close together in the table, which makes the large deletes much cheaper than a random order.
+    start_times = {}
     exps = table('experiments', column('experiment_id'), column('name'), column('lifecycle_stage'),
                  column('last_update_time'), column('artifact_location'))
     threshold = _now_ms() - older_ms if older_ms is not None else None
@@ -329,9 +334,10 @@ def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_nam
             wanted = list(dict.fromkeys(run_ids))
             found = {}
             for chunk in _chunks(wanted):
-                for row in conn.execute(select(runs.c.run_uuid, runs.c.lifecycle_stage, runs.c.deleted_time)
-                                        .where(runs.c.run_uuid.in_(chunk))):
+                for row in conn.execute(select(runs.c.run_uuid, runs.c.lifecycle_stage, runs.c.deleted_time,
+                                               runs.c.start_time).where(runs.c.run_uuid.in_(chunk))):
                     found[row[0]] = row
+                    start_times[row[0]] = row[3]
             missing = [r for r in wanted if r not in found]
             if missing:
                 raise SchemaError('run_ids: no run %s' % ', '.join(missing[:20]))
@@ -356,14 +362,18 @@ def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_nam
                 if experiment_names:
                     conds.append(exps.c.name.in_(list(experiment_names)))
                 cond = and_(cond, runs.c.experiment_id.in_(sel.where(or_(*conds))))
-            run_list = _select_values(conn, select(runs.c.run_uuid).where(cond).order_by(runs.c.run_uuid))
+            for run_id, start_time in conn.execute(select(runs.c.run_uuid, runs.c.start_time).where(cond)):
+                start_times[run_id] = start_time
+            run_list = list(start_times)
     purge_exps = [e for e in exp_ids if 'experiment %s' % e not in skipped]
 
     def runs_of(exp_list):
         found = []
         for chunk in _chunks(exp_list):
-            found.extend(conn.execute(select(runs.c.run_uuid, runs.c.experiment_id)
-                                      .where(runs.c.experiment_id.in_(chunk)).order_by(runs.c.run_uuid)).fetchall())
+            for run_id, exp_id, start_time in conn.execute(select(runs.c.run_uuid, runs.c.experiment_id, runs.c.start_time)
+                                                           .where(runs.c.experiment_id.in_(chunk))):
+                found.append((run_id, exp_id))
+                start_times[run_id] = start_time
         return found
 
     # All runs of a purged experiment go with it (they are all deleted, checked above).
@@ -385,8 +395,40 @@ def _select_targets(conn, graph, scope, older_ms, experiment_ids, experiment_nam
                 skipped['experiment %s' % exp_id] = 'holds a run that is the source of a registered model version'
             purge_exps = [e for e in purge_exps if e not in kept_exps]
             exp_runs = [(r, e) for r, e in exp_runs if e not in kept_exps]
-    run_list = list(dict.fromkeys(run_list + [pair[0] for pair in exp_runs]))
+    run_list = sorted(set(run_list) | {pair[0] for pair in exp_runs},
+                      key=lambda r: (start_times.get(r) is None, start_times.get(r) or 0, r))
     return run_list, purge_exps, skipped
+
+
+def _experiments_of_runs(conn, run_ids):
+    runs = table('runs', column('run_uuid'), column('experiment_id'))
+    found = set()
+    for chunk in _chunks(run_ids):
+        found.update(_select_values(conn, select(runs.c.experiment_id).where(runs.c.run_uuid.in_(chunk)).distinct()))
+    return sorted(found)
+
+
+def _unreferenced_datasets(conn, graph, exp_ids):
+    """dataset_uuid of the datasets of exp_ids that no row refers to any more.
+
+    MLflow shows a dataset only through the inputs that name it (a run's dataset inputs, the
+    experiment's dataset list) and reuses the row of an experiment when a run logs the same
+    dataset (experiment_id, name, digest) again. A row no input names is therefore an orphan.
+    Every other column called dataset_uuid (logged_model_metrics) also keeps the row.
+    """
+    if not exp_ids or 'datasets' not in graph.columns or 'inputs' not in graph.columns:
+        return []
+    ds = table('datasets', column('dataset_uuid'), column('experiment_id'))
+    inputs = table('inputs', column('source_type'), column('source_id'))
+    conds = [~exists().where(and_(inputs.c.source_type == 'DATASET', inputs.c.source_id == ds.c.dataset_uuid))]
+    for name, cols in sorted(graph.columns.items()):
+        if name != 'datasets' and 'dataset_uuid' in cols:
+            other = table(name, column('dataset_uuid')).alias('ref_%s' % name)
+            conds.append(~exists().where(other.c.dataset_uuid == ds.c.dataset_uuid))
+    found = []
+    for chunk in _chunks(exp_ids):
+        found.extend(_select_values(conn, select(ds.c.dataset_uuid).where(and_(ds.c.experiment_id.in_(chunk), *conds))))
+    return found
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -429,8 +471,22 @@ def _artifact_uris(conn, graph, run_ids, trace_ids, exp_ids):
     return uris
 
 
+def _is_local(uri):
+    return uri.startswith('file:') or uri.startswith('/')
+
+
+def _local_path(uri):
+    """The path of a local artifact URI, as mlflow.utils.file_utils.local_file_uri_to_path finds it (POSIX)."""
+    path = urlparse(uri).path if uri.startswith('file:') else uri
+    return unquote(path)  # urllib.request.url2pathname on POSIX
+
+
 class _Artifacts:
-    """Deletes artifact locations with MLflow's own artifact repositories (local, S3, mlflow-artifacts:/ ...)."""
+    """Deletes artifact locations: local ones directly, all others with MLflow's artifact repositories (S3, mlflow-artifacts:/ ...).
+
+    Local locations are removed the way MLflow's LocalArtifactRepository.delete_artifacts() does it
+    (a file is removed, a directory tree is removed), without importing MLflow.
+    """
 
     def __init__(self, tracking_uri):
         self.tracking_uri = tracking_uri
@@ -443,24 +499,28 @@ class _Artifacts:
                               'set delete_artifacts=false to leave them')
 
     def delete(self, uri, ident=None):
+        if _is_local(uri):
+            path = _local_path(uri)
+            if not os.path.lexists(path):
+                return False
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            if ident:
+                # MLflow lays out <experiment>/<run or trace id>/artifacts: remove the id directory
+                # too when it is left empty (mlflow gc leaves it behind).
+                parent = os.path.dirname(path.rstrip('/'))
+                if os.path.basename(parent) == ident and os.path.isdir(parent) and not os.listdir(parent):
+                    os.rmdir(parent)
+            return True
         if not self.ready:
             import mlflow
             if self.tracking_uri:
                 mlflow.set_tracking_uri(self.tracking_uri)
             self.ready = True
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-        if uri.startswith('file:') or uri.startswith('/'):
-            from mlflow.utils.file_utils import local_file_uri_to_path
-            if not os.path.exists(local_file_uri_to_path(uri)):
-                return False
         get_artifact_repository(uri).delete_artifacts()
-        if ident and (uri.startswith('file:') or uri.startswith('/')):
-            # MLflow lays out <experiment>/<run or trace id>/artifacts: remove the id directory
-            # too when it is left empty (mlflow gc leaves it behind).
-            from mlflow.utils.file_utils import local_file_uri_to_path
-            parent = os.path.dirname(local_file_uri_to_path(uri).rstrip('/'))
-            if os.path.basename(parent) == ident and os.path.isdir(parent) and not os.listdir(parent):
-                os.rmdir(parent)
         return True
 
 
@@ -497,7 +557,7 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
     older_ms = parse_older_than(older_than)
     parse_db_url(db_url)
 
-    schema = classify_schema(db_url, connect_timeout=connect_timeout)
+    schema = classify_schema(db_url, connect_timeout=connect_timeout, with_mlflow_tables=False)
     if schema['state'] != STATE_CURRENT:
         raise SchemaError('The schema of %s is %s (revision %s, head %s): purge works only on a schema at the head of '
                           'the installed MLflow; run the db_upgrade maintenance first'
@@ -582,8 +642,11 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
                         conn, select(rtbl.c.experiment_id).where(rtbl.c.run_uuid.in_(sorted(failed_runs)))))
                 ids = [r for r in ids if r not in failed_runs]
                 failed_traces = {i for w, i in keep if w == 'trace'}
+                exps_of_batch = _experiments_of_runs(conn, ids)
                 deleter.delete('trace_info', 'request_id', [t for t in trace_ids if t not in failed_traces])
                 deleter.delete('runs', 'run_uuid', ids)
+                # Datasets only these runs used: after their inputs went, nothing shows them any more.
+                deleter.delete('datasets', 'dataset_uuid', _unreferenced_datasets(conn, graph, exps_of_batch))
             else:
                 kept_ids = {entry[1] for entry in keep}
                 ids = [e for e in ids if str(e) not in kept_ids]

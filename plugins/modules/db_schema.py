@@ -34,7 +34,7 @@ author:
   - mlops.mlflow contributors (@mlops-mlflow)
 extends_documentation_fragment:
   - mlops.mlflow.attributes
-  - mlops.mlflow.database
+  - mlops.mlflow.database.maintenance
 attributes:
   check_mode:
     support: full
@@ -264,7 +264,8 @@ def run_module(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            db_url=dict(type='str', required=True, no_log=True),
+            db_url=dict(type='str', no_log=True),
+            env_files=dict(type='list', elements='path', default=[]),
             state=dict(type='str', default='current', choices=['current', 'inspected']),
             allow_foreign_tables=dict(type='bool', default=True),
             connect_timeout=dict(type='int', default=10),

@@ -22,12 +22,14 @@ description:
     warns when it is not empty.
   - What happens to rows that outlive a purged run is documented in C(docs/maintenance.md) of the collection.
     In short, logged models created by a purged run stay (their C(source_run_id) is set to NULL), traces logged in
-    a purged run go, and datasets go with their experiment.
+    a purged run go, and a dataset goes when no input names it any more (the datasets only purged runs used; one
+    an active or kept run uses stays) or with its experiment.
   - A run that is the source of a registered model version is kept (and so is its experiment) unless
     O(keep_registered_runs=false).
   - An experiment that still holds runs which are not deleted is never purged; it is reported in RV(kept).
-  - Artifacts are deleted with MLflow's own artifact repositories (local paths, S3, C(mlflow-artifacts:/) through the
-    running server given in O(tracking_uri)), before the rows of their batch. When an artifact location cannot be
+  - Artifacts are deleted before the rows of their batch, local paths directly (as MLflow's local artifact repository
+    does), other locations with MLflow's own artifact repositories (S3, C(mlflow-artifacts:/) through the running
+    server given in O(tracking_uri)). When an artifact location cannot be
     deleted its run (or experiment) is kept, so that a later purge tries again and nothing is left orphaned; the
     module then fails after the other batches are done.
   - Refuses to work on a schema that is not at the head of the installed MLflow (run M(mlops.mlflow.db_schema) first).

@@ -53,6 +53,8 @@ def populate(db_url, artifact_root, experiments=3, runs_per_experiment=4, seed=0
                     mlflow.log_metric('loss', rnd.random(), step=step)
                 mlflow.set_tag('team', 'ml')
                 mlflow.log_input(mlflow.data.from_pandas(frame, name='ds-%d' % r), context='training')
+                # One dataset every run of the experiment logs: MLflow reuses its row (same name and digest).
+                mlflow.log_input(mlflow.data.from_pandas(frame, name='ds-shared'), context='evaluation')
                 mlflow.log_text('artifact of %s' % run_id, 'notes/readme.txt')
 
                 @mlflow.trace

@@ -36,6 +36,35 @@ def test_pending_counts():
     assert schema.pending_revisions(script, revs[0], head) == len(revs) - 1
 
 
+def test_revision_graph_from_the_scripts_text_matches_alembic():
+    # classify_schema() reads the revision graph from the scripts' text (alembic imports every script).
+    fast = schema.fast_script()
+    assert isinstance(fast, schema._FastScript)  # pylint: disable=protected-access
+    script = schema.load_script_directory()
+    head = schema.head_revision(script)
+    assert schema.head_revision(fast) == head
+    assert schema.known_revisions(fast) == schema.known_revisions(script)
+    for rev in [None] + all_revisions():
+        assert schema.pending_revisions(fast, rev, head) == schema.pending_revisions(script, rev, head), rev
+
+
+def test_version_without_importing_mlflow():
+    import mlflow
+    assert schema.mlflow_version() == mlflow.__version__
+
+
+def test_a_script_that_is_not_plain_falls_back_to_alembic(tmp_path, monkeypatch):
+    versions = tmp_path / 'versions'
+    versions.mkdir()
+    (tmp_path / 'env.py').write_text('')
+    (versions / 'a.py').write_text('revision = "a"\ndown_revision = None\n')
+    (versions / 'b.py').write_text('revision = make()\ndown_revision = "a"\n')
+    monkeypatch.setattr(schema, 'migrations_dir', lambda: str(tmp_path))
+    assert schema.revision_graph() is None
+    (versions / 'b.py').write_text('revision: str = "b"\ndown_revision: Union[str, None] = "a"\n')
+    assert schema.revision_graph() == {'a': (), 'b': ('a',)}
+
+
 @pytest.mark.parametrize('url, masked', [
     ('postgresql+psycopg2://u:p%40ss%3Aw%2Frd%25@h:5432/db', 'postgresql+psycopg2://u:***@h:5432/db'),
     ('postgresql+psycopg2://u@h/db', 'postgresql+psycopg2://u@h/db'),

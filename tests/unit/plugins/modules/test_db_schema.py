@@ -194,6 +194,25 @@ def test_password_never_in_output(server_databases, run):
         assert secret not in text
 
 
+def test_url_from_env_files_never_in_output(server_databases, tmp_path, capsys):
+    # The maintenance playbook's db_upgrade passes the server's environment files, not the URL.
+    url = server_databases.create()
+    env_file = tmp_path / 'server-secrets.env'
+    env_file.write_text('MLFLOW_BACKEND_STORE_URI="%s"\n' % url.replace('\\', '\\\\').replace('"', '\\"').replace('$', '\\$'))
+    raw = run_main(capsys, db_schema.main, None, check=True, diff=True, env_files=[str(env_file)])
+    result = json.loads(raw)
+    assert result['changed'] is True and result['state'] == 'current', result
+    upgraded = run_main(capsys, db_schema.main, None, env_files=[str(env_file)])
+    assert json.loads(upgraded)['changed'] is True
+    after = json.loads(run_main(capsys, db_schema.main, None, state='inspected', env_files=[str(env_file)]))
+    assert after['state'] == 'current' and after['changed'] is False
+    for secret in (PG_PASSWORD, 'p%40ss%3Aw%2Frd%25', url):
+        assert secret not in raw and secret not in upgraded
+    # Neither db_url nor env_files: a clear error.
+    result = json.loads(run_main(capsys, db_schema.main, None, state='inspected'))
+    assert result['failed'] is True and 'db_url is required' in result['msg']
+
+
 def test_postgresql_default_driver_hint(pg_databases, run):
     try:
         import psycopg  # noqa: F401 pylint: disable=unused-import

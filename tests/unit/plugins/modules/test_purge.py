@@ -39,6 +39,15 @@ def _scalar_list(db_url, sql, **params):
         eng.dispose()
 
 
+def _scalar_rows(db_url, sql, **params):
+    eng = sqlalchemy.create_engine(db_url, poolclass=NullPool)
+    try:
+        with eng.connect() as conn:
+            return [tuple(row) for row in conn.execute(sqlalchemy.text(sql), params)]
+    finally:
+        eng.dispose()
+
+
 def _dependent_ids(db_url, exp_ids, run_ids):
     """Ids that must vanish with the purge: traces of the runs, and datasets/models/traces of the experiments."""
     ids = set(run_ids)
@@ -53,6 +62,14 @@ def _dependent_ids(db_url, exp_ids, run_ids):
                     'SELECT request_id FROM trace_info WHERE experiment_id = :e'):
             ids.update(_scalar_list(db_url, sql, e=int(exp_id)))
         ids.update(_scalar_list(db_url, 'SELECT run_uuid FROM runs WHERE experiment_id = :e', e=int(exp_id)))
+    # Datasets of the surviving experiments that only purged runs use (no other input names them).
+    for exp_id in _scalar_list(db_url, 'SELECT DISTINCT experiment_id FROM runs WHERE run_uuid IN (%s)'
+                               % ','.join("'%s'" % r for r in run_ids)) if run_ids else ():
+        for dataset_uuid in _scalar_list(db_url, 'SELECT dataset_uuid FROM datasets WHERE experiment_id = :e', e=exp_id):
+            users = set(_scalar_list(db_url, "SELECT destination_id FROM inputs WHERE source_type = 'DATASET' "
+                                     "AND source_id = :d", d=dataset_uuid))
+            if users <= set(run_ids):
+                ids.add(dataset_uuid)
     # Inputs (and so their tags) that name any of these go too.
     for ident in list(ids):
         ids.update(_scalar_list(db_url, 'SELECT input_uuid FROM inputs WHERE source_id = :i OR destination_id = :i', i=ident))
@@ -149,6 +166,17 @@ def test_purge_random_deletions_leaves_no_orphan_and_touches_nothing_else(new_db
         expected -= set(_experiment_rows({name: expected}, purge_exps, columns).get(name, []))
         missing = expected - after[name]
         assert not missing, '%s lost rows it should have kept: %s' % (name, sorted(missing)[:3])
+    # 2b. Every dataset a surviving run uses is still there (the shared one included), and no dataset
+    #     is left that no input names.
+    datasets_after = {r[0] for r in _scalar_rows(db_url, 'SELECT dataset_uuid, experiment_id FROM datasets')}
+    used = _scalar_list(db_url, "SELECT source_id FROM inputs WHERE source_type = 'DATASET'")
+    assert set(used) <= datasets_after
+    assert datasets_after <= set(used), 'datasets no input names are left: %s' % sorted(datasets_after - set(used))
+    surviving = [r for e, runs in layout['experiments'].items() if e not in purge_exps for r in runs if r not in purge_runs]
+    for run_id in surviving:
+        names = _scalar_list(db_url, "SELECT d.name FROM datasets d JOIN inputs i ON i.source_id = d.dataset_uuid "
+                             "AND i.source_type = 'DATASET' WHERE i.destination_id = :r", r=run_id)
+        assert 'ds-shared' in names and len(names) == 2, (run_id, names)
     # 3. The counts are what went.
     deleted_rows = sum(len(before[t]) - len(after[t]) for t in before)
     assert deleted_rows == sum(v for k, v in result['counts'].items() if '(set NULL)' not in k)
