@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: mlops.mlflow contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Memory profile of the deployed services, for sizing hosts.
@@ -116,7 +115,7 @@ def wait_health(port, since, timeout=300):
 
 def warm(urls):
     """Spread requests over the workers (each request may land on another worker)."""
-    for _ in range(WARM_REQUESTS):
+    for dummy in range(WARM_REQUESTS):
         for url in urls:
             subprocess.run(['curl', '-fsS', '--max-time', '10', '-o', '/dev/null', url], check=False)
 
