@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -228,6 +229,12 @@ def seeded_db(tmp_path_factory):
         client.delete_run(ids['%s-deleted' % name])
         ids[name] = experiment_id
     client.delete_experiment(ids['gone'])
+    # Deleted two days ago: an age filter must not depend on how fast the tests after the seed run
+    # (a '1s' filter raced the seed once the CLI stopped importing MLflow and started in ~0.3 s).
+    two_days_ago = int((time.time() - 2 * 86400) * 1000)
+    with sqlite3.connect(base / 'mlflow.db') as conn:
+        conn.execute("UPDATE runs SET deleted_time = ? WHERE lifecycle_stage = 'deleted'", (two_days_ago,))
+        conn.execute("UPDATE experiments SET last_update_time = ? WHERE lifecycle_stage = 'deleted'", (two_days_ago,))
     return base / 'mlflow.db', ids
 
 
@@ -314,7 +321,7 @@ def test_runs_as_python_dash_m_without_ansible_on_the_path(db, tmp_path):
     env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'MLFLOW_BACKEND_STORE_URI': url,
            'PYTHONPATH': '%s:%s' % (tmp_path / 'maintenance', tmp_path / 'poison'), 'MLFLOW_DISABLE_TELEMETRY': 'true'}
     proc = subprocess.run([sys.executable, '-m', 'ansible_collections.mlops.mlflow.plugins.module_utils.maintenance_cli',
-                           '--check', 'purge', '--older-than', '1s'],
+                           '--check', 'purge', '--older-than', '1d'],
                           env=env, capture_output=True, text=True, timeout=300, check=False, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith('summary: purge changed=true check_mode=true runs=3 experiments=1')
