@@ -11,11 +11,13 @@ one fresh network per measurement, and tears each down afterwards (also on failu
 
 1. ``index``: first converge of one fresh host, default install (pip on the host, from the
    package index, empty pip cache);
-2. ``wheelhouse cold``: first converge of one fresh host in wheelhouse mode with an empty
-   controller cache (the controller downloads the wheels);
-3. ``wheelhouse``: first converge of one fresh host, wheelhouse already on the controller;
-4. ``wheelhouse x3``: first converge of three fresh hosts in parallel (one play, forks 10);
-5. ``re-run``: site.yml again on the host of 3 (must be changed=0);
+2. ``wheelhouse cold``: first converge of one fresh host in wheelhouse mode (default installer,
+   uv) with an empty controller cache (the controller downloads the wheels);
+3. ``wheelhouse``: first converge of one fresh host, wheelhouse already on the controller, then
+   ``wheelhouse re-run``: site.yml again on that host (must be changed=0);
+4. ``wheelhouse pip``: the same with ``mlflow_server_wheelhouse_installer: pip``;
+5. ``wheelhouse x3``: first converge of three fresh hosts in parallel (one play, forks 10), then
+   ``wheelhouse x3 re-run`` on the three (must be changed=0);
 
 Memory per workers / job-execution setting: benchmarks/memory_profile.py.
 
@@ -77,7 +79,7 @@ def converge(inventory, extra, log):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--only', nargs='*', default=['index', 'cold', 'warm', 'x3'])
+    parser.add_argument('--only', nargs='*', default=['index', 'cold', 'warm', 'pip', 'x3'])
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix='bench-wh-')
     cache = os.path.join(work, 'wheelhouse-cache')
@@ -85,24 +87,26 @@ def main():
                                         cwd=REPO, check=False).stdout.strip(),
                'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'nproc': os.cpu_count(), 'steps': {}}
 
-    def extra(name, wheelhouse):
+    def extra(name, wheelhouse, installer):
         path = os.path.join(work, name + '.json')
         with open(path, 'w', encoding='utf-8') as handle:
             json.dump({'mlflow_server_workers': 1, 'mlflow_server_wheelhouse': wheelhouse,
-                       'mlflow_server_wheelhouse_cache': cache}, handle)
+                       'mlflow_server_wheelhouse_cache': cache, 'mlflow_server_wheelhouse_installer': installer},
+                      handle)
         return path
 
-    def step(key, net, hosts, wheelhouse, keep=False):
+    def step(key, net, hosts, wheelhouse, installer='uv', rerun=False):
         print('== %s: %s' % (key, ' '.join(hosts)), flush=True)
         try:
             info = up(net, hosts)
-            res = converge(info['inventory'], extra(key, wheelhouse), os.path.join(work, key + '.log'))
+            res = converge(info['inventory'], extra(key, wheelhouse, installer), os.path.join(work, key + '.log'))
             results['steps'][key] = res
             print(key, res, flush=True)
-            if keep:
-                rerun = converge(info['inventory'], extra(key, wheelhouse), os.path.join(work, key + '-rerun.log'))
-                results['steps']['re-run'] = rerun
-                print('re-run', rerun, flush=True)
+            if rerun:
+                again = converge(info['inventory'], extra(key, wheelhouse, installer),
+                                 os.path.join(work, key + '-rerun.log'))
+                results['steps'][key + ' re-run'] = again
+                print(key + ' re-run', again, flush=True)
         finally:
             testhost('down', '--net', net)
 
@@ -112,9 +116,11 @@ def main():
         if 'cold' in args.only:
             step('wheelhouse cold', 'bench-wh-cold', ['whb-cold'], True)
         if 'warm' in args.only:
-            step('wheelhouse', 'bench-wh-warm', ['whb-warm'], True)
+            step('wheelhouse', 'bench-wh-warm', ['whb-warm'], True, rerun=True)
+        if 'pip' in args.only:
+            step('wheelhouse pip', 'bench-wh-pip', ['whb-pip'], True, installer='pip')
         if 'x3' in args.only:
-            step('wheelhouse x3', 'bench-wh-par', ['whb-p1', 'whb-p2', 'whb-p3'], True, keep=True)
+            step('wheelhouse x3', 'bench-wh-par', ['whb-p1', 'whb-p2', 'whb-p3'], True, rerun=True)
     finally:
         print(json.dumps(results, indent=1))
         if args.json:
@@ -125,13 +131,17 @@ def main():
     print('\n| step | wall s | changed per host | load before/after |\n|---|---|---|---|')
     for key, res in steps.items():
         print('| %s | %.1f | %s | %.1f / %.1f |' % (key, res['seconds'], res['changed'], res['load_before'], res['load_after']))
-    if 'index' in steps and 'wheelhouse' in steps:
-        print('wheelhouse / index: %.2f' % (steps['wheelhouse']['seconds'] / steps['index']['seconds']))
-    if 'wheelhouse' in steps and 'wheelhouse x3' in steps:
-        print('3 hosts / 1 host: %.2f (goal <= 1.3)' % (steps['wheelhouse x3']['seconds'] / steps['wheelhouse']['seconds']))
-    if 're-run' in steps and 'wheelhouse x3' in steps:
-        print('re-run / first: %.2f (goal <= 0.25), changed %s' % (
-            steps['re-run']['seconds'] / steps['wheelhouse x3']['seconds'], steps['re-run']['changed']))
+    def ratio(label, top, bottom, goal=''):
+        if top in steps and bottom in steps:
+            print('%s: %.2f%s' % (label, steps[top]['seconds'] / steps[bottom]['seconds'], goal))
+
+    ratio('wheelhouse (uv) / index (pip)', 'wheelhouse', 'index')
+    ratio('wheelhouse (uv) / wheelhouse (pip)', 'wheelhouse', 'wheelhouse pip')
+    ratio('3 hosts / 1 host', 'wheelhouse x3', 'wheelhouse', ' (goal <= 1.3)')
+    for key in ('wheelhouse', 'wheelhouse x3'):
+        if key + ' re-run' in steps:
+            ratio('%s re-run / first' % key, key + ' re-run', key, ' (goal <= 0.25), changed %s'
+                  % steps[key + ' re-run']['changed'])
 
 
 if __name__ == '__main__':

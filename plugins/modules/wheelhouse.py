@@ -114,6 +114,16 @@ lock:
   returned: always
   type: str
   sample: "mlflow==3.17.2 --hash=sha256:0c1d...\n"
+lock_entries:
+  description: The entries of RV(lock), continuation lines joined, comments left out.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Canonical package name., type: str, returned: always}
+    version: {description: Locked version., type: str, returned: always}
+    line: {description: "The requirement line with its hashes (C(name==version --hash=sha256:...))."}
+  sample: [{name: mlflow, version: 3.17.2, line: "mlflow==3.17.2 --hash=sha256:0c1d..."}]
 lock_sha256:
   description: sha256 of RV(lock).
   returned: always
@@ -308,6 +318,7 @@ def read(path):
 
 def result(path, tar, lock, wheels, built, changed):
     return dict(changed=changed, path=path, tar=tar, lock=lock, built=built,
+                lock_entries=[dict(name=e[0], version=e[1], line=e[4]) for e in parse_lock(lock)],
                 lock_sha256=hashlib.sha256(lock.encode('utf-8')).hexdigest(), wheels=sorted(wheels),
                 size=sum(os.path.getsize(os.path.join(path, w)) for w in wheels if os.path.exists(os.path.join(path, w))))
 
@@ -337,7 +348,8 @@ def build(module, params):
     path = os.path.join(cache, key)
     tar = os.path.join(path, TAR_NAME)
     if module.check_mode and not os.path.exists(os.path.join(path, DONE_NAME)):
-        return dict(changed=True, path=path, tar=tar, lock='', lock_sha256='', wheels=[], size=0, built=True)
+        return dict(changed=True, path=path, tar=tar, lock='', lock_sha256='', lock_entries=[], wheels=[], size=0,
+                    built=True)
     os.makedirs(cache, mode=0o755, exist_ok=True)
     with open(os.path.join(cache, '.%s.flock' % key), 'w', encoding='utf-8') as flock:
         fcntl.flock(flock, fcntl.LOCK_EX)

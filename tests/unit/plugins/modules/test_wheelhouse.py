@@ -73,6 +73,8 @@ def test_lock_with_continuations_comments_and_several_hashes():
         'a' * 64, 'b' * 64, 'c' * 64)
     entries = wheelhouse.parse_lock(text)
     assert [(e[0], e[1], e[2]) for e in entries] == [('six', '1.17.0', ['a' * 64, 'b' * 64]), ('idna', '3.10', ['c' * 64])]
+    # One line per entry, usable alone as a requirements file (the uv installer line is written so).
+    assert ' '.join(entries[0][4].split()) == 'Six==1.17.0 --hash=sha256:%s --hash=sha256:%s' % ('a' * 64, 'b' * 64)
     with pytest.raises(wheelhouse.WheelhouseError, match='line 1 is not'):
         wheelhouse.parse_lock('six>=1.0 --hash=sha256:%s\n' % ('a' * 64))
     with pytest.raises(wheelhouse.WheelhouseError, match='line 1 is not'):
@@ -142,6 +144,8 @@ def test_build_offline_from_a_local_index_then_reuse(tmp_path, capsys):
     lines = [line for line in out['lock'].splitlines() if not line.startswith('#')]
     assert lines == ['mlflow==3.17.2 --hash=sha256:%s' % sha(index / 'mlflow-3.17.2-py3-none-any.whl'),
                      'six==1.17.0 --hash=sha256:%s' % sha(index / 'six-1.17.0-py3-none-any.whl')]
+    assert out['lock_entries'] == [{'name': 'mlflow', 'version': '3.17.2', 'line': lines[0]},
+                                   {'name': 'six', 'version': '1.17.0', 'line': lines[1]}]
     (index / 'mlflow-3.17.2-py3-none-any.whl').unlink()
     again = run(capsys, **params)
     assert not again['changed'] and not again['built'] and again['lock'] == out['lock']
