@@ -131,6 +131,7 @@ def main():
     print('\n| step | wall s | changed per host | load before/after |\n|---|---|---|---|')
     for key, res in steps.items():
         print('| %s | %.1f | %s | %.1f / %.1f |' % (key, res['seconds'], res['changed'], res['load_before'], res['load_after']))
+
     def ratio(label, top, bottom, goal=''):
         if top in steps and bottom in steps:
             print('%s: %.2f%s' % (label, steps[top]['seconds'] / steps[bottom]['seconds'], goal))

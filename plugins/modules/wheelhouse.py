@@ -122,7 +122,7 @@ lock_entries:
   contains:
     name: {description: Canonical package name., type: str, returned: always}
     version: {description: Locked version., type: str, returned: always}
-    line: {description: "The requirement line with its hashes (C(name==version --hash=sha256:...))."}
+    line: {description: "The requirement line with its hashes (C(name==version --hash=sha256:...)).", type: str, returned: always}
   sample: [{name: mlflow, version: 3.17.2, line: "mlflow==3.17.2 --hash=sha256:0c1d..."}]
 lock_sha256:
   description: sha256 of RV(lock).
