@@ -23,6 +23,8 @@ Memory per workers / job-execution setting: benchmarks/memory_profile.py.
 
 Every host runs the tracking server with SQLite and 1 worker (mlflow_server_workers=1).
 The load average is printed before and after each step: other jobs on the machine skew times.
+The machine's CPU time per step (/proc/stat) is printed too: the test hosts share the machine's
+cores, so N hosts installing in parallel cannot finish faster than their CPU time / cores.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def load():
         return float(handle.read().split()[0])
 
 
+def cpu_seconds():
+    """CPU time (user + nice + system, seconds) the whole machine has spent: controller and test hosts."""
+    with open('/proc/stat', encoding='ascii') as handle:
+        fields = handle.readline().split()
+    return sum(int(v) for v in fields[1:4]) / os.sysconf('SC_CLK_TCK')
+
+
 def testhost(*args):
     proc = subprocess.run([TESTHOST] + list(args), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -65,15 +74,18 @@ def converge(inventory, extra, log):
                ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'))
     cmd = [PLAYBOOK, '-i', inventory, '-e', '@' + extra, SITE]
     before = load()
+    cpu = cpu_seconds()
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=REPO)
     seconds = time.monotonic() - start
+    cpu = cpu_seconds() - cpu
     with open(log, 'w', encoding='utf-8') as handle:
         handle.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError('converge failed (rc %d), see %s:\n%s' % (proc.returncode, log, proc.stdout[-3000:]))
     changed = [int(m) for m in re.findall(r'^\S+\s+: ok=\d+\s+changed=(\d+)', proc.stdout, re.M)]
-    return {'seconds': round(seconds, 1), 'changed': changed, 'load_before': before, 'load_after': load()}
+    return {'seconds': round(seconds, 1), 'cpu_seconds': round(cpu, 1), 'changed': changed, 'load_before': before,
+            'load_after': load()}
 
 
 def main():
@@ -128,9 +140,10 @@ def main():
                 json.dump(results, handle, indent=1)
         shutil.rmtree(cache, ignore_errors=True)
     steps = results['steps']
-    print('\n| step | wall s | changed per host | load before/after |\n|---|---|---|---|')
+    print('\n| step | wall s | CPU s (machine) | changed per host | load before/after |\n|---|---|---|---|---|')
     for key, res in steps.items():
-        print('| %s | %.1f | %s | %.1f / %.1f |' % (key, res['seconds'], res['changed'], res['load_before'], res['load_after']))
+        print('| %s | %.1f | %.1f | %s | %.1f / %.1f |' % (key, res['seconds'], res['cpu_seconds'], res['changed'],
+                                                       res['load_before'], res['load_after']))
 
     def ratio(label, top, bottom, goal=''):
         if top in steps and bottom in steps:
@@ -139,6 +152,14 @@ def main():
     ratio('wheelhouse (uv) / index (pip)', 'wheelhouse', 'index')
     ratio('wheelhouse (uv) / wheelhouse (pip)', 'wheelhouse', 'wheelhouse pip')
     ratio('3 hosts / 1 host', 'wheelhouse x3', 'wheelhouse', ' (goal <= 1.3)')
+    if 'wheelhouse x3' in steps:
+        # The test hosts share this machine's cores: three installs cannot take less wall time than
+        # their CPU time spread over every core.
+        x3 = steps['wheelhouse x3']
+        floor = x3['cpu_seconds'] / os.cpu_count()
+        print('3 hosts: CPU %.1f s on %d cores = at least %.1f s of wall time' % (x3['cpu_seconds'], os.cpu_count(), floor))
+        if 'wheelhouse' in steps:
+            print('  that floor / 1 host: %.2f' % (floor / steps['wheelhouse']['seconds']))
     for key in ('wheelhouse', 'wheelhouse x3'):
         if key + ' re-run' in steps:
             ratio('%s re-run / first' % key, key + ' re-run', key, ' (goal <= 0.25), changed %s'
