@@ -178,7 +178,7 @@ from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
     STATE_FOREIGN,
     classify_schema,
     create_schema,
-    load_script_directory,
+    fast_script,
     mlflow_version,
     run_database_module,
     upgrade_schema,
@@ -212,8 +212,11 @@ def run_module(module):
     params = module.params
     db_url = params['db_url']
     timeout = params['connect_timeout']
-    script = load_script_directory()
-    before = classify_schema(db_url, connect_timeout=timeout, script=script)
+    # The revision graph from the migration scripts' text (alembic only when a script is not plain).
+    script = fast_script()
+    # The ORM's table list is only needed when alembic_version holds no revision (classify_schema()
+    # still computes it then): sparing the import of MLflow's ORM halves a look at a current schema.
+    before = classify_schema(db_url, connect_timeout=timeout, script=script, with_mlflow_tables=False)
     head = before['head_revision']
     result = {
         'changed': False,
@@ -253,7 +256,7 @@ def run_module(module):
         else:
             upgrade_schema(db_url, connect_timeout=timeout)
 
-    after = classify_schema(db_url, connect_timeout=timeout, script=script)
+    after = classify_schema(db_url, connect_timeout=timeout, script=script, with_mlflow_tables=False)
     result.update(state=after['state'], revision=after['revision'])
     if after['state'] != STATE_CURRENT or after['revision'] != head:
         module.fail_json(msg='After the migration the schema is %s at revision %s, expected head %s'

@@ -15,7 +15,8 @@ description:
   - Without O(src), resolves O(requirements) with C(pip download --only-binary=:all:) for the target's Python
     (O(python_version), CPython ABI) and platform tags (O(platforms)), once per set of inputs; the result is kept in
     O(cache_dir) under a key of the inputs, so further runs (and other hosts with the same Python and platform) reuse
-    it without any index access. Parallel runs with the same key wait for each other (file lock).
+    it without any index access. Parallel runs with the same key wait for each other (file lock). A cached wheelhouse
+    is checked for its files on reuse, not hashed again (the hosts check every hash when they install).
   - With O(src), validates a wheelhouse prepared elsewhere (wheels and C(requirements.lock)) instead - every locked
     package has a wheel in O(src) that the target can install and whose sha256 is in the lock, no package is only an
     sdist, and every requirement of O(requirements) is in the lock - and fails naming the first problems found.
@@ -239,8 +240,12 @@ def requirement_name_version(requirement):
     return canonical(match.group(1)), match.group(4)
 
 
-def validate(directory, lock_text, requirements, python_version, platforms):
-    """The wheel file of each locked package; raises WheelhouseError listing every problem."""
+def validate(directory, lock_text, requirements, python_version, platforms, hash_files=True):
+    """The wheel file of each locked package; raises WheelhouseError listing every problem.
+
+    hash_files=False skips the sha256 of each wheel (the cache this module wrote itself: the hosts
+    check every hash again when they install).
+    """
     entries = parse_lock(lock_text)
     files = sorted(os.listdir(directory))
     wheels = {}
@@ -270,6 +275,9 @@ def validate(directory, lock_text, requirements, python_version, platforms):
             else:
                 problems.append('missing wheel: %s==%s is in %s but no wheel of it is in %s'
                                 % (name, version, LOCK_NAME, directory))
+            continue
+        if not hash_files:
+            chosen.append(usable[0])
             continue
         digests = {f: sha256_file(os.path.join(directory, f)) for f in usable}
         good = [f for f in usable if digests[f] in hashes]
@@ -355,7 +363,10 @@ def build(module, params):
         fcntl.flock(flock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(path, DONE_NAME)):
             lock = read(os.path.join(path, LOCK_NAME))
-            wheels = validate(path, lock, params['requirements'], params['python_version'], params['platforms'])
+            # Reused without hashing 180 MB again on every run: it was hashed when built, and the hosts
+            # install with --require-hashes, so a damaged cache fails there, before any switch.
+            wheels = validate(path, lock, params['requirements'], params['python_version'], params['platforms'],
+                              hash_files=False)
             if not os.path.exists(tar):
                 write_tar(tar, path, wheels)
             return result(path, tar, lock, wheels, False, False)

@@ -149,6 +149,10 @@ def test_build_offline_from_a_local_index_then_reuse(tmp_path, capsys):
     (index / 'mlflow-3.17.2-py3-none-any.whl').unlink()
     again = run(capsys, **params)
     assert not again['changed'] and not again['built'] and again['lock'] == out['lock']
+    # Reuse checks the cached files (not their hashes: the hosts install with --require-hashes).
+    os.remove(os.path.join(out['path'], 'six-1.17.0-py3-none-any.whl'))
+    broken = run(capsys, **params)
+    assert broken['failed'] and 'missing wheel: six==1.17.0' in broken['msg'], broken
 
 
 def test_build_names_a_package_with_no_wheel(tmp_path, capsys):
