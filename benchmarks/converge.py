@@ -142,8 +142,8 @@ def main():
     steps = results['steps']
     print('\n| step | wall s | CPU s (machine) | changed per host | load before/after |\n|---|---|---|---|---|')
     for key, res in steps.items():
-        print('| %s | %.1f | %.1f | %s | %.1f / %.1f |' % (key, res['seconds'], res['cpu_seconds'], res['changed'],
-                                                       res['load_before'], res['load_after']))
+        cells = (key, res['seconds'], res['cpu_seconds'], res['changed'], res['load_before'], res['load_after'])
+        print('| %s | %.1f | %.1f | %s | %.1f / %.1f |' % cells)
 
     def ratio(label, top, bottom, goal=''):
         if top in steps and bottom in steps:
