@@ -10,7 +10,6 @@ and the message when a prepared wheelhouse lacks the default installer.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from support.db_schema_fixtures import ensure_collection_tree  # noqa: E402 pylint: disable=wrong-import-position
 from test_common_venv import _changed, _fake_wheel  # noqa: E402 pylint: disable=wrong-import-position
+from ansible_collections.mlops.mlflow.plugins.modules import wheelhouse  # noqa: E402 pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'playbooks', 'common_wheelhouse.yml')
@@ -30,13 +30,9 @@ with open(os.path.join(ROOT, 'roles', 'common', 'vars', 'main.yml'), encoding='u
 
 
 def _lock(src):
-    lines = []
-    for path in sorted(glob.glob(os.path.join(src, '*.whl'))):
-        name, version = os.path.basename(path).split('-')[:2]
-        with open(path, 'rb') as handle:
-            lines.append('%s==%s --hash=sha256:%s' % (name, version, hashlib.sha256(handle.read()).hexdigest()))
+    """requirements.lock of the wheels in src, written the way the wheelhouse module locks a build."""
     with open(os.path.join(src, 'requirements.lock'), 'w', encoding='utf-8') as handle:
-        handle.write('\n'.join(lines) + '\n')
+        handle.write(wheelhouse.make_lock(src, ''))
 
 
 def _run(base, src, installer):
