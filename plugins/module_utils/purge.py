@@ -171,6 +171,21 @@ class Graph:
                     self.links.append(Link(name, col, parent, parent_col, why='%s column without a foreign key' % col))
                     declared.add((name, col))
         self.declared = declared
+        self._probe = None
+
+    def rows_probe(self):
+        """(keys, statement): one row of EXISTS probes, one per (table, link condition) the deleter may touch."""
+        if self._probe is None:
+            keys = {(name, ()) for name in ROOT_TABLES + ('datasets',) if name in self.columns}
+            keys.update((link.child, link.where) for link in self.links)
+            keys = sorted(keys)
+            probes = []
+            for number, (name, where) in enumerate(keys):
+                tbl = table(name, *[column(w[0]) for w in where])
+                cond = and_(sqlalchemy.true(), *[tbl.c[w[0]] == w[1] for w in where])
+                probes.append(exists(select(sqlalchemy.literal(1)).select_from(tbl).where(cond)).label('p%d' % number))
+            self._probe = (keys, select(*probes))
+        return self._probe
 
     def children(self, parent, parent_col=None):
         return [link for link in self.links if link.parent == parent and (parent_col is None or link.parent_col == parent_col)]
@@ -202,19 +217,48 @@ def _chunks(values, size=CHUNK):
         yield values[start:start + size]
 
 
+def _tables_with_rows(conn, graph):
+    """{(table, where)} of the tables (and link conditions) the deleter may touch that hold at least one row.
+
+    One statement of EXISTS probes per batch, inside the batch's transaction: a statement whose
+    table (or whose link condition) holds no row cannot delete anything, and most installations
+    leave many of MLflow's tables empty (at 2,000 runs in the benchmark, 96 of 225 statements).
+    A row that a concurrent client inserts after this look is as safe as one inserted after the
+    statement that would have deleted it: foreign keys refuse the parent's deletion, and
+    MLflow refuses new rows for runs that are not active.
+    """
+    keys, probe = graph.rows_probe()
+    row = conn.execute(probe).one()
+    return {key for key, found in zip(keys, row) if found}
+
+
 class _Deleter:
     """Deletes rows and everything hanging off them, child first, on one connection."""
 
-    def __init__(self, conn, graph, counts):
+    def __init__(self, conn, graph, counts, with_rows=None):
         self.conn = conn
         self.graph = graph
         self.counts = counts
+        # PostgreSQL takes a list as one array parameter (col = ANY(%(ids)s)): the statement is
+        # compiled once and not expanded into hundreds of parameters per execution, and the
+        # plan is the same index scan as for an IN list. Other databases get IN lists of CHUNK.
+        self.arrays = conn.dialect.name == 'postgresql'
+        self.chunk = 10000 if self.arrays else CHUNK
+        # (table, where) that hold rows; None = not looked (every statement runs).
+        self.with_rows = with_rows
+
+    def _empty(self, name, where):
+        return self.with_rows is not None and (name, tuple(where)) not in self.with_rows
 
     def _tbl(self, name, *cols):
         return table(name, *[column(c) for c in cols])
 
     def _where(self, tbl, col, values, where):
-        clause = tbl.c[col].in_(values)
+        if self.arrays:
+            element = sqlalchemy.String() if any(isinstance(v, str) for v in values) else sqlalchemy.BigInteger()
+            clause = tbl.c[col] == sqlalchemy.any_(sqlalchemy.literal(list(values), type_=sqlalchemy.ARRAY(element)))
+        else:
+            clause = tbl.c[col].in_(values)
         for wcol, wval in where:
             clause = and_(clause, tbl.c[wcol] == wval)
         return clause
@@ -228,10 +272,12 @@ class _Deleter:
         if depth > 12:
             raise SchemaError('The foreign-key graph below %s is deeper than 12 levels; refusing to guess' % name)
         values = list(values)
-        if not values or name not in self.graph.columns:
+        if not values or name not in self.graph.columns or self._empty(name, where):
             return
         for link in self.graph.children(name):
-            for chunk in _chunks(values):
+            if self._empty(link.child, link.where):
+                continue
+            for chunk in _chunks(values, self.chunk):
                 child_values = self._child_values(name, col, chunk, where, link)
                 if not child_values:
                     continue
@@ -241,7 +287,7 @@ class _Deleter:
                     self.delete(link.child, link.child_col, child_values, link.where, depth + 1)
         wcols = [w[0] for w in where]
         tbl = self._tbl(name, col, *wcols)
-        for chunk in _chunks(values):
+        for chunk in _chunks(values, self.chunk):
             result = self.conn.execute(tbl.delete().where(self._where(tbl, col, chunk, where)))
             self._add(name, result.rowcount)
 
@@ -261,7 +307,7 @@ class _Deleter:
     def _set_null(self, link, values):
         wcols = [w[0] for w in link.where]
         tbl = self._tbl(link.child, link.child_col, *wcols)
-        for chunk in _chunks(values):
+        for chunk in _chunks(values, self.chunk):
             result = self.conn.execute(tbl.update().where(self._where(tbl, link.child_col, chunk, link.where))
                                        .values({link.child_col: None}))
             self._add('%s.%s (set NULL)' % (link.child, link.child_col), result.rowcount)
@@ -569,13 +615,14 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
     batches = 0
     purged_runs = []
     purged_exps = []
-    check_conn = check_trans = None
+    conn = check_trans = None
     try:
-        with engine.connect() as conn:
-            graph = Graph(conn)
-            run_list, exp_list, skipped = _select_targets(conn, graph, scope, older_ms, experiment_ids,
-                                                          experiment_names, run_ids, keep_registered_runs)
-            conn.rollback()
+        # One connection for the whole purge: a transaction per batch (one for all in check mode).
+        conn = engine.connect()
+        graph = Graph(conn)
+        run_list, exp_list, skipped = _select_targets(conn, graph, scope, older_ms, experiment_ids,
+                                                      experiment_names, run_ids, keep_registered_runs)
+        conn.rollback()
         total_runs, total_exps = len(run_list), len(exp_list)
         log('purge: %d run(s) and %d experiment(s) to purge%s'
             % (total_runs, total_exps, ' (check mode)' if check_mode else ''))
@@ -585,24 +632,17 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
         # Check mode runs every batch in one transaction that is rolled back at the end, so that
         # rows reachable twice (a run's traces, then its experiment's) are counted once.
         if check_mode:
-            check_conn = engine.connect()
-            check_trans = check_conn.begin()
+            check_trans = conn.begin()
 
         def run_batch(kind, ids):
             """One transaction: artifacts of the batch first, then its rows (children first)."""
             nonlocal batches
             batch_counts = OrderedDict()
             if check_mode:
-                ids = purge_batch(check_conn, kind, ids, batch_counts)
+                ids = purge_batch(conn, kind, ids, batch_counts)
             else:
-                with engine.connect() as conn:
-                    trans = conn.begin()
-                    try:
-                        ids = purge_batch(conn, kind, ids, batch_counts)
-                        trans.commit()
-                    except BaseException:
-                        trans.rollback()
-                        raise
+                with conn.begin():  # commits, or rolls back on any exception
+                    ids = purge_batch(conn, kind, ids, batch_counts)
             for name, rows in batch_counts.items():
                 counts[name] = counts.get(name, 0) + rows
             batches += 1
@@ -632,7 +672,7 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
                             artifacts['failed'].append({'kind': what, 'id': ident, 'uri': uri,
                                                         'error': '%s: %s' % (type(exc).__name__, exc)})
                             keep.add((what, ident))
-            deleter = _Deleter(conn, graph, batch_counts)
+            deleter = _Deleter(conn, graph, batch_counts, _tables_with_rows(conn, graph))
             if kind == 'runs':
                 failed_runs = {i for w, i in keep if w == 'run'}
                 if failed_runs:
@@ -675,9 +715,10 @@ def run_purge(db_url, scope='all', older_than=None, experiment_ids=None, experim
     except SQLAlchemyError as exc:
         raise SchemaError(db_error_message('Purging', exc, db_url)) from exc
     finally:
-        if check_conn is not None:
+        if check_trans is not None:
             check_trans.rollback()
-            check_conn.close()
+        if conn is not None:
+            conn.close()
         engine.dispose()
 
     duration = round(time.monotonic() - started, 3)
