@@ -146,6 +146,14 @@ built:
   returned: always
   type: bool
   sample: false
+missing_requirements:
+  description:
+    - The entries of O(requirements) that the lock does not hold (or pins at another version).
+    - Lets a caller tell which requirement is missing without reading the failure message.
+  returned: failure
+  type: list
+  elements: str
+  sample: [uv==0.13.9]
 '''
 
 import fcntl
@@ -167,7 +175,11 @@ SDIST_SUFFIXES = ('.tar.gz', '.zip', '.tar.bz2', '.tgz')
 
 
 class WheelhouseError(Exception):
-    pass
+    """missing: the requirements (as given) that the lock does not hold, for callers to act on."""
+
+    def __init__(self, msg, missing=()):
+        super().__init__(msg)
+        self.missing = list(missing)
 
 
 def canonical(name):
@@ -286,14 +298,17 @@ def validate(directory, lock_text, requirements, python_version, platforms, hash
                 usable[0], digests[usable[0]], LOCK_NAME, ', '.join('sha256:' + h for h in hashes)))
             continue
         chosen.append(good[0])
+    missing = []
     for requirement in requirements:
         name, version = requirement_name_version(requirement)
         if name not in locked:
             problems.append('requirement %s is not in %s' % (requirement, LOCK_NAME))
+            missing.append(requirement)
         elif version and locked[name] != version:
             problems.append('requirement %s but %s pins %s==%s' % (requirement, LOCK_NAME, name, locked[name]))
+            missing.append(requirement)
     if problems:
-        raise WheelhouseError('; '.join(problems))
+        raise WheelhouseError('; '.join(problems), missing)
     return chosen
 
 
@@ -435,7 +450,7 @@ def main():
             module.exit_json(**prepared(module, params))
         module.exit_json(**build(module, params))
     except WheelhouseError as exc:
-        module.fail_json(msg='wheelhouse: %s' % exc)
+        module.fail_json(msg='wheelhouse: %s' % exc, missing_requirements=exc.missing)
     except OSError as exc:
         module.fail_json(msg='wheelhouse: %s: %s' % (exc.filename or '', exc.strerror or exc))
 

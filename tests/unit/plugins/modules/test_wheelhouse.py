@@ -121,6 +121,8 @@ def test_prepared_wheelhouse_problems_are_named_and_nothing_is_written(tmp_path,
                  'no wheel of numpy==2.3.0 for CPython 3.11', 'requirement mlflow==3.17.3 but requirements.lock pins mlflow==3.17.2',
                  'requirement boto3 is not in requirements.lock'):
         assert text in out['msg'], out['msg']
+    # The requirements the lock lacks, as data (roles/common tells a missing installer by it).
+    assert out['missing_requirements'] == ['mlflow==3.17.3', 'boto3']
     assert not (tmp_path / 'cache').exists()
 
 
