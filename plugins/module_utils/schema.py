@@ -507,6 +507,21 @@ def mlflow_version():
 
 # --------------------------------------------------------------------------- module entry point
 
+def database_argument_spec(**options):
+    """The options of the modules documented by the mlops.mlflow.database.maintenance fragment, plus options.
+
+    db_url (or env_files holding MLFLOW_BACKEND_STORE_URI) and connect_timeout; run_database_module()
+    resolves and masks them. One place for the spec, as the doc fragment is one place for the text.
+    """
+    spec = dict(
+        db_url=dict(type='str', no_log=True),
+        env_files=dict(type='list', elements='path', default=[]),
+        connect_timeout=dict(type='int', default=10),
+    )
+    spec.update(options)
+    return spec
+
+
 def run_database_module(module, run, extra_libs=()):
     """Shared main() of the modules that work on an MLflow tracking database.
 

@@ -185,7 +185,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow.plugins.module_utils.backup import run_backup
-from ansible_collections.mlops.mlflow.plugins.module_utils.schema import run_database_module
+from ansible_collections.mlops.mlflow.plugins.module_utils.schema import database_argument_spec, run_database_module
 
 
 def _listing(paths):
@@ -212,10 +212,7 @@ def run_module(module):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            db_url=dict(type='str', no_log=True),
-            env_files=dict(type='list', elements='path', default=[]),
-            connect_timeout=dict(type='int', default=10),
+        argument_spec=database_argument_spec(
             dest_dir=dict(type='path', required=True),
             keep=dict(type='int', default=7),
             prefix=dict(type='str', default='mlflow'),

@@ -178,6 +178,7 @@ from ansible_collections.mlops.mlflow.plugins.module_utils.schema import (
     STATE_FOREIGN,
     classify_schema,
     create_schema,
+    database_argument_spec,
     fast_script,
     mlflow_version,
     run_database_module,
@@ -266,12 +267,9 @@ def run_module(module):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            db_url=dict(type='str', no_log=True),
-            env_files=dict(type='list', elements='path', default=[]),
+        argument_spec=database_argument_spec(
             state=dict(type='str', default='current', choices=['current', 'inspected']),
             allow_foreign_tables=dict(type='bool', default=True),
-            connect_timeout=dict(type='int', default=10),
         ),
         supports_check_mode=True,
     )

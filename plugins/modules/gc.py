@@ -207,7 +207,7 @@ duration_s:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlops.mlflow.plugins.module_utils.gc import KINDS, GcError, run_gc
-from ansible_collections.mlops.mlflow.plugins.module_utils.schema import run_database_module, url_secrets
+from ansible_collections.mlops.mlflow.plugins.module_utils.schema import database_argument_spec, run_database_module, url_secrets
 
 RESULT_KEYS = ('changed', 'counts', 'purged', 'artifact_warnings', 'duration_s')
 
@@ -251,10 +251,7 @@ def run_module(module):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            db_url=dict(type='str', required=False, no_log=True),
-            env_files=dict(type='list', elements='path', default=[]),
-            connect_timeout=dict(type='int', default=10),
+        argument_spec=database_argument_spec(
             older_than=dict(type='str'),
             run_ids=dict(type='list', elements='str'),
             experiment_ids=dict(type='list', elements='str'),

@@ -192,7 +192,7 @@ progress:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.mlops.mlflow.plugins.module_utils.schema import run_database_module
+from ansible_collections.mlops.mlflow.plugins.module_utils.schema import database_argument_spec, run_database_module
 
 
 def run(module):
@@ -226,10 +226,7 @@ def run(module):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            db_url=dict(type='str', no_log=True),
-            env_files=dict(type='list', elements='path', default=[]),
-            connect_timeout=dict(type='int', default=10),
+        argument_spec=database_argument_spec(
             scope=dict(type='str', default='all', choices=['all', 'runs', 'experiments']),
             older_than=dict(type='str'),
             experiment_ids=dict(type='list', elements='str', default=[]),

@@ -278,10 +278,7 @@ def database_info(db_url, connect_timeout):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            db_url=dict(type='str', required=False, no_log=True),
-            env_files=dict(type='list', elements='path', default=[]),
-            connect_timeout=dict(type='int', default=10),
+        argument_spec=schema.database_argument_spec(
             url=dict(type='str'),
             units=dict(type='list', elements='str', default=['mlflow-server.service', 'mlflow-gateway.service']),
             timeout=dict(type='int', default=10),
