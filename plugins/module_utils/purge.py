@@ -235,7 +235,7 @@ def _tables_with_rows(conn, graph):
 class _Deleter:
     """Deletes rows and everything hanging off them, child first, on one connection."""
 
-    def __init__(self, conn, graph, counts, with_rows=None):
+    def __init__(self, conn, graph, counts, with_rows):
         self.conn = conn
         self.graph = graph
         self.counts = counts
@@ -244,11 +244,11 @@ class _Deleter:
         # plan is the same index scan as for an IN list. Other databases get IN lists of CHUNK.
         self.arrays = conn.dialect.name == 'postgresql'
         self.chunk = 10000 if self.arrays else CHUNK
-        # (table, where) that hold rows; None = not looked (every statement runs).
+        # (table, where) that hold rows (_tables_with_rows); statements on the others are skipped.
         self.with_rows = with_rows
 
     def _empty(self, name, where):
-        return self.with_rows is not None and (name, tuple(where)) not in self.with_rows
+        return (name, where) not in self.with_rows
 
     def _tbl(self, name, *cols):
         return table(name, *[column(c) for c in cols])
